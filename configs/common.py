@@ -1,0 +1,149 @@
+"""Shared pieces of every dataset config.
+
+A config is chosen on the command line as ``--config=configs/<dataset>.py:<ARG>`` where
+``ARG`` is ``TASK[,key=value,...]``, for example::
+
+    --config=configs/synthetic.py:15-1,method=ft
+    --config=configs/voc.py:15-1,overlap=false,seed=1
+    --config=configs/synthetic.py:15-1,optim.epochs_step0=5
+
+Keys are config field paths (``seed``, ``optim.batch_size``, ...). Later, absl's
+``--config.optim.batch_size=8`` overrides work as usual. An unknown key or task is an error
+that lists the valid ones.
+
+Fields left as ``None`` placeholders (loss weights, the void policy, the new-classifier
+initialisation) are filled from the method preset of ``gsc_jax/methods.py`` when the run
+starts; a value set by the user is never replaced.
+"""
+
+import ast
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def parse_arg(arg: str) -> tuple[str, dict[str, str]]:
+  """Splits ``TASK[,key=value,...]`` into the task name and a dict of overrides."""
+  parts = [part.strip() for part in arg.split(",") if part.strip()]
+  if not parts or "=" in parts[0]:
+    raise ValueError(
+        f"config argument {arg!r} must start with a task name, e.g. '15-1' or "
+        "'15-1,method=ft'")
+  overrides = {}
+  for part in parts[1:]:
+    if "=" not in part:
+      raise ValueError(f"config argument part {part!r} is not of the form key=value")
+    key, value = part.split("=", 1)
+    overrides[key.strip()] = value.strip()
+  return parts[0], overrides
+
+
+def _field_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  paths = []
+  for key, value in config.items():
+    path = prefix + key
+    if isinstance(value, ml_collections.ConfigDict):
+      paths += _field_paths(value, path + ".")
+    else:
+      paths.append(path)
+  return paths
+
+
+def _parse_value(text: str, field_type):
+  """Reads a command-line value as the type of the field it overrides."""
+  if field_type is bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+      return True
+    if lowered in ("false", "0", "no"):
+      return False
+    raise ValueError(f"{text!r} is not a boolean (use true or false)")
+  if field_type is str:
+    return text
+  if field_type in (int, float):
+    return field_type(text)
+  return ast.literal_eval(text)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
+  """Sets ``config.<key> = value`` for each override, keeping each field's type."""
+  valid_paths = _field_paths(config)
+  for key, text in overrides.items():
+    if key not in valid_paths:
+      raise ValueError(
+          f"unknown config key {key!r}; valid keys: {', '.join(sorted(valid_paths))}")
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    field = node.get_ref(leaf)
+    node[leaf] = _parse_value(text, field.get_type())
+
+
+def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
+  """Every hyperparameter of a run, with the published protocol's values (ALGORITHM.md 1.6)."""
+  config = ml_collections.ConfigDict()
+  config.dataset = dataset
+  config.task = task
+  config.class_order = ""            # comma-separated class ids; "" = natural order
+  config.overlap = True              # overlapped (True) or disjoint (False) image selection
+  config.method = "mib"              # ft | mib (presets in gsc_jax/methods.py)
+  config.seed = 0
+  config.workdir = ""                # "" = runs/<dataset>_<task>_<method>_<ov|dis>_seed<seed>
+  config.first_step = 0
+  config.last_step = -1              # -1 = the task's last step
+  config.init_step0_from = ""        # another work dir whose finished step-0 export to reuse
+  config.log_every = 20              # iterations between progress lines
+  config.checkpoint_every = 200      # iterations between train-state checkpoints
+  config.stop_after_iterations = -1  # >0: stop (as if killed) after this many iterations; for resume tests
+
+  config.data = ml_collections.ConfigDict()
+  config.data.root = ""              # dataset directory (real datasets)
+  config.data.num_classes = 21       # label ids incl. background
+  config.data.void_to_background = config_dict.placeholder(bool)  # preset: mib True, else False
+  config.data.crop_size = 512
+  config.data.crop_scale_min = 0.5   # random resized crop area fraction range
+  config.data.crop_scale_max = 2.0
+  config.data.crop_ratio_min = 3 / 4
+  config.data.crop_ratio_max = 4 / 3
+  config.data.flip_probability = 0.5
+  config.data.eval_mode = "center_crop"  # center_crop (published) | full
+  config.data.eval_size = 512        # center_crop: shorter side and crop; full: pad images to this square
+  config.data.eval_batch_size = 24   # global
+  config.data.num_threads = 2        # grain read threads per process
+  config.data.prefetch_batches = 4
+  # Synthetic dataset only.
+  config.data.image_size = 128
+  config.data.num_train_images = 2000
+  config.data.num_val_images = 300
+  config.data.dataset_seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.backbone = "resnet101"   # resnet101 | resnet50 | resnet_tiny
+  config.model.output_stride = 16
+  config.model.head_channels = 256
+  config.model.new_classifier_init = config_dict.placeholder(str)  # mib | random (preset)
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.batch_size = 24       # global batch, split over all devices
+  config.optim.lr_step0 = 0.01
+  config.optim.lr_incremental = 0.001
+  config.optim.epochs_step0 = 30
+  config.optim.epochs_incremental = 30
+  config.optim.momentum = 0.9
+  config.optim.nesterov = True
+  config.optim.weight_decay = 1e-4   # added to the gradient before momentum (PyTorch SGD)
+  config.optim.poly_power = 0.9      # lr = base * (1 - it / max_it) ** poly_power
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.ce = config_dict.placeholder(str)         # plain | unbiased (preset)
+  config.loss.kd_weight = config_dict.placeholder(float)  # unbiased distillation weight (preset)
+  config.loss.kd_alpha = 1.0          # teacher logit scaling in the unbiased distillation
+  return config
+
+
+def finalize(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
+  """Applies the ``,key=value`` overrides of the config argument."""
+  _, overrides = parse_arg(arg)
+  apply_overrides(config, overrides)
+  return config

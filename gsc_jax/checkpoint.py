@@ -1,0 +1,113 @@
+"""All checkpoint reading and writing (orbax).
+
+Work-dir layout of one run::
+
+  <workdir>/config.json                  the resolved config
+  <workdir>/log.jsonl                    one JSON line per progress report / evaluation
+  <workdir>/results.csv, summary.json    per-step results
+  <workdir>/step_<t>/checkpoints/<it>/   train state + grain iterator state (exact resume)
+  <workdir>/step_<t>/export/             params + batch stats at the end of step t
+  <workdir>/step_<t>/export_meta.json    written last: the export is complete
+  <workdir>/step_<t>/metrics.json        evaluation after step t: the step is finished
+"""
+
+import json
+import os
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def step_dir(workdir: str, step: int) -> str:
+  return os.path.join(os.path.abspath(workdir), f"step_{step}")
+
+
+def _write_json(path: str, data) -> None:
+  """Writes JSON atomically from process 0, so a kill never leaves half a file."""
+  if jax.process_index() != 0:
+    return
+  temporary = path + ".tmp"
+  with open(temporary, "w") as f:
+    json.dump(data, f, indent=2)
+  os.replace(temporary, path)
+
+
+def read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+# --- train state inside a step -------------------------------------------------------------
+
+def train_manager(workdir: str, step: int) -> ocp.CheckpointManager:
+  """Keeps the two newest train-state checkpoints of one incremental step."""
+  directory = os.path.join(step_dir(workdir, step), "checkpoints")
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def save_train_state(manager, iteration: int, state, data_iterator) -> None:
+  manager.save(iteration, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data_iter=grain.checkpoint.CheckpointSave(data_iterator)))
+
+
+def restore_train_state(manager, abstract_state, data_iterator):
+  """Restores the newest checkpoint into ``abstract_state``'s shardings and the iterator."""
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state),
+      data_iter=grain.checkpoint.CheckpointRestore(data_iterator)))
+  return restored["state"]
+
+
+# --- the export handed to the next step ----------------------------------------------------
+
+def export_exists(workdir: str, step: int) -> bool:
+  return os.path.exists(os.path.join(step_dir(workdir, step), "export_meta.json"))
+
+
+def save_export(workdir: str, step: int, variables, meta: dict) -> None:
+  """Saves the end-of-step model (params, batch stats) and its metadata."""
+  checkpointer = ocp.StandardCheckpointer()
+  path = os.path.join(step_dir(workdir, step), "export")
+  checkpointer.save(path, variables, force=True)
+  checkpointer.wait_until_finished()
+  _write_json(os.path.join(step_dir(workdir, step), "export_meta.json"), meta)
+
+
+def load_export(workdir: str, step: int, abstract_variables):
+  """Loads step ``step``'s export into the shapes and shardings of ``abstract_variables``."""
+  if not export_exists(workdir, step):
+    raise FileNotFoundError(
+        f"no finished export of step {step} in {step_dir(workdir, step)}: run that step first")
+  path = os.path.join(step_dir(workdir, step), "export")
+  variables = ocp.StandardCheckpointer().restore(path, abstract_variables)
+  meta = read_json(os.path.join(step_dir(workdir, step), "export_meta.json"))
+  return variables, meta
+
+
+def read_export_arrays(workdir: str, step: int):
+  """Step ``step``'s exported variables as numpy arrays, on any device topology (for
+  analysis and tests; training uses ``load_export``)."""
+  path = os.path.join(step_dir(workdir, step), "export")
+  checkpointer = ocp.StandardCheckpointer()
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local),
+                          checkpointer.metadata(path).item_metadata)
+  return jax.tree.map(np.asarray, checkpointer.restore(path, abstract))
+
+
+# --- evaluation results --------------------------------------------------------------------
+
+def metrics_path(workdir: str, step: int) -> str:
+  return os.path.join(step_dir(workdir, step), "metrics.json")
+
+
+def save_step_metrics(workdir: str, step: int, summary: dict) -> None:
+  _write_json(metrics_path(workdir, step), summary)
+
+
+def write_json(path: str, data) -> None:
+  _write_json(path, data)

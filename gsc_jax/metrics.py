@@ -1,0 +1,221 @@
+"""Segmentation metrics (ALGORITHM.md 1.8) and the results files of a run.
+
+One confusion matrix over the whole test set, indexed by output CHANNEL (see
+``tasks.channel_order``): rows are ground truth, columns are predictions; pixels whose label
+is outside [0, K) (255 = ignore) are skipped. Per class
+
+    IoU_c = TP_c / (TP_c + FP_c + FN_c + 1e-6)
+
+and mIoU is the mean IoU over the classes with at least one ground-truth pixel.
+``summarize_step`` maps channels back to class ids and reports "all" (mIoU over the seen
+classes), "old" (the classes of step 0, background included), "new" (the other seen
+classes) and one mean per step group; "avg" is the mean over steps of "all".
+"""
+
+import csv
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+
+from gsc_jax import tasks
+
+IOU_EPSILON = 1e-6
+MAX_COLUMN_NAME = 12  # longer group labels (non-natural class orders) become "step<k>"
+
+
+# --- confusion matrix and IoU ----------------------------------------------------------------
+
+def confusion_matrix(labels, predictions, num_classes: int) -> jnp.ndarray:
+  """int32 [K, K]: entry (g, p) counts the pixels with ground truth g predicted as p.
+
+  Pixels whose label is outside [0, K) are skipped (so are predictions outside [0, K),
+  which argmax over K channels never produces). Uses a masked bincount of length K*K, so it
+  works under ``jax.jit`` (no boolean indexing).
+  """
+  labels = jnp.asarray(labels).reshape(-1).astype(jnp.int32)
+  predictions = jnp.asarray(predictions).reshape(-1).astype(jnp.int32)
+  valid = ((labels >= 0) & (labels < num_classes)
+           & (predictions >= 0) & (predictions < num_classes))
+  flat_index = jnp.where(valid, labels * num_classes + predictions, 0)
+  counts = jnp.bincount(flat_index, weights=valid.astype(jnp.int32),
+                        length=num_classes * num_classes)
+  return counts.astype(jnp.int32).reshape(num_classes, num_classes)
+
+
+def class_iou(confusion) -> np.ndarray:
+  """float64 [K]: TP / (TP + FP + FN + 1e-6) per class (row = ground truth)."""
+  confusion = np.asarray(confusion, dtype=np.float64)
+  true_positives = np.diag(confusion)
+  false_positives = confusion.sum(axis=0) - true_positives
+  false_negatives = confusion.sum(axis=1) - true_positives
+  return true_positives / (true_positives + false_positives + false_negatives + IOU_EPSILON)
+
+
+def has_ground_truth(confusion) -> np.ndarray:
+  """bool [K]: whether each class has at least one ground-truth pixel."""
+  return np.asarray(confusion).sum(axis=1) > 0
+
+
+def mean_iou(confusion) -> float | None:
+  """Mean IoU over the classes with at least one ground-truth pixel (None if there are none)."""
+  present = has_ground_truth(confusion)
+  if not present.any():
+    return None
+  return float(class_iou(confusion)[present].mean())
+
+
+# --- per-step summary ------------------------------------------------------------------------
+
+def group_label(class_ids) -> str:
+  """"a-b" for a contiguous range a..b, "c" for one class, else "c1,c2,..." (in step order)."""
+  class_ids = [int(c) for c in class_ids]
+  if len(class_ids) == 1:
+    return str(class_ids[0])
+  if class_ids == list(range(class_ids[0], class_ids[0] + len(class_ids))):
+    return f"{class_ids[0]}-{class_ids[-1]}"
+  return ",".join(str(c) for c in class_ids)
+
+
+def _mean_or_none(values: list) -> float | None:
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
+
+
+def summarize_step(confusion, task: tasks.Task, step: int) -> dict:
+  """The evaluation after ``step`` from its channel-indexed confusion matrix.
+
+  Returns ``{"step", "iou", "all", "old", "new", "groups"}``: ``iou`` maps every class id of
+  the dataset to its IoU, or None when the class is not seen yet or has no ground-truth
+  pixel; "all" = mean over the seen classes with ground truth; "old" = mean over the classes
+  of step 0 (background included) with ground truth; "new" = mean over the other seen
+  classes with ground truth (None at step 0); ``groups`` maps the label of each step's
+  classes (``group_label``) to their mean IoU.
+  """
+  confusion = np.asarray(confusion)
+  channel_classes = tasks.channel_order(task, step)
+  num_channels = len(channel_classes)
+  if confusion.shape != (num_channels, num_channels):
+    raise ValueError(f"confusion matrix of shape {confusion.shape} for step {step} of task "
+                     f"{task.name!r}, which has {num_channels} channels")
+  channel_iou = class_iou(confusion)
+  channel_has_gt = has_ground_truth(confusion)
+  iou = {class_id: None for class_id in range(task.num_classes)}
+  for channel, class_id in enumerate(channel_classes):
+    if channel_has_gt[channel]:
+      iou[int(class_id)] = float(channel_iou[channel])
+
+  def mean_over(class_ids):
+    return _mean_or_none([iou[int(c)] for c in class_ids])
+
+  step0_classes = set(task.steps[0])
+  later_classes = [c for c in channel_classes if int(c) not in step0_classes]
+  groups = {group_label(classes): mean_over(classes)
+            for classes in task.steps[:step + 1] if classes}
+  return {
+      "step": int(step),
+      "iou": iou,
+      "all": mean_over(channel_classes),
+      "old": mean_over(task.steps[0]),
+      "new": mean_over(later_classes) if step > 0 else None,
+      "groups": groups,
+  }
+
+
+# --- results files ---------------------------------------------------------------------------
+
+def _class_iou_of(summary: dict, class_id: int):
+  """The IoU of ``class_id`` in a summary, whether its keys are ints or (after a JSON round
+  trip) strings."""
+  iou = summary["iou"]
+  return iou[class_id] if class_id in iou else iou.get(str(class_id))
+
+
+def _format_value(value) -> str:
+  return "" if value is None else f"{value:.4f}"
+
+
+def write_results_csv(path: str, task: tasks.Task, step_summaries: list[dict]) -> None:
+  """One row per step: step, all, old, new, then the IoU of every class id.
+
+  Floats have 4 decimals (fractions, not percent); "x" marks a class not seen yet at that
+  step; an empty cell is a value that does not exist (a seen class without ground-truth
+  pixels, or "new" at step 0).
+  """
+  _make_parent_dir(path)
+  class_ids = list(range(task.num_classes))
+  with open(path, "w", newline="") as file:
+    writer = csv.writer(file)
+    writer.writerow(["step", "all", "old", "new"] + [str(c) for c in class_ids])
+    for summary in step_summaries:
+      seen = set(tasks.classes_seen(task, summary["step"]))
+      per_class = [_format_value(_class_iou_of(summary, c)) if c in seen else "x"
+                   for c in class_ids]
+      writer.writerow([summary["step"]] + [_format_value(summary.get(key))
+                                           for key in ("all", "old", "new")] + per_class)
+
+
+def average_over_steps(step_summaries: list[dict]) -> float | None:
+  """"avg": the mean over steps of the "all" mIoU measured after each step."""
+  return _mean_or_none([summary.get("all") for summary in step_summaries])
+
+
+def write_summary_json(path: str, task: tasks.Task, step_summaries: list[dict]) -> None:
+  """The run's results: task, "avg", the last evaluated step's all/old/new/groups and every
+  step's summary. ``num_steps_evaluated`` < ``num_steps`` marks a partial run."""
+  last = step_summaries[-1] if step_summaries else {}
+  result = {
+      "dataset": task.dataset,
+      "task": task.name,
+      "steps": [list(classes) for classes in task.steps],
+      "num_steps": len(task.steps),
+      "num_steps_evaluated": len(step_summaries),
+      "avg": average_over_steps(step_summaries),
+      "last_step": last.get("step"),
+      "all": last.get("all"),
+      "old": last.get("old"),
+      "new": last.get("new"),
+      "groups": last.get("groups"),
+      "per_step": step_summaries,
+  }
+  _make_parent_dir(path)
+  with open(path, "w") as file:
+    json.dump(result, file, indent=2)
+
+
+def _percent(value) -> str:
+  return "-" if value is None else f"{100 * value:.1f}"
+
+
+def format_table(task: tasks.Task, step_summaries: list[dict]) -> str:
+  """A readable table: one row per step with all/old/new and the mean IoU of each step
+  group, then "avg" (mean over steps of all); values in percent with one decimal."""
+  group_names = [group_label(classes) for classes in task.steps if classes]
+  header = ["step", "all", "old", "new"] + [
+      _column_name(step, name) for step, name in enumerate(group_names)]
+  rows = [header]
+  for summary in step_summaries:
+    groups = summary.get("groups") or {}
+    rows.append([str(summary["step"])]
+                + [_percent(summary.get(key)) for key in ("all", "old", "new")]
+                + [_percent(groups.get(name)) for name in group_names])
+  rows.append(["avg", _percent(average_over_steps(step_summaries))])
+  widths = [max(len(row[column]) for row in rows if column < len(row))
+            for column in range(len(header))]
+  lines = [f"{task.dataset} {task.name}: mIoU (%) after each step"]
+  for row in rows:
+    lines.append("  ".join(cell.rjust(widths[column])
+                           for column, cell in enumerate(row)).rstrip())
+  return "\n".join(lines)
+
+
+def _column_name(step: int, group_name: str) -> str:
+  """The group's label as table header, or "step<k>" when the label is a long id list."""
+  return group_name if len(group_name) <= MAX_COLUMN_NAME else f"step{step}"
+
+
+def _make_parent_dir(path: str) -> None:
+  parent = os.path.dirname(path)
+  if parent:
+    os.makedirs(parent, exist_ok=True)

@@ -1,0 +1,178 @@
+"""The dilated ResNet backbone of the DeepLabV3 used in incremental segmentation (ALGORITHM.md 1.4).
+
+Layout is NHWC throughout. The network is a ResNet v1.5 (the stride of a downsampling
+bottleneck sits on its 3x3 convolution) with the standard stem:
+
+  stem_conv (7x7, stride 2) -> stem_bn + act -> 3x3 max pool (stride 2)
+  stage1 .. stage4, each a chain of ``Bottleneck`` blocks named ``stage{s}_block{b}``
+
+Normalisation is the field's "in-place ABN": BatchNorm followed by leaky ReLU with slope
+0.01. Every convolution is bias-free (the BatchNorm after it carries the shift).
+
+To keep spatial detail for segmentation, the last stage(s) trade stride for dilation:
+
+  output stride 16: stage strides 1/2/2/1, every block of stage 4 uses dilation 2
+  output stride 8:  stage strides 1/2/1/1, every block of stage 3 dilation 2, stage 4 dilation 4
+
+Padding equals the dilation for 3x3 convolutions (3 for the stem, 1 for the max pool), so
+feature sizes are those of the PyTorch reference: ceil(input / output_stride).
+
+Besides the final (activated) feature map, ``ResNet`` returns the residual sum of the last
+block of each stage BEFORE its final leaky ReLU. Distillation methods (PLOP's pooled
+outputs, GSC's feature distillation) are defined on these pre-activation tensors: the
+negative part, which leaky ReLU squashes by 100x, still carries information there.
+
+Module and parameter names are systematic so that a converter can map PyTorch checkpoints
+onto them: ``stem_conv``, ``stem_bn``, ``stage{s}_block{b}/{conv1,bn1,conv2,bn2,conv3,bn3,
+downsample_conv,downsample_bn}``.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+
+LEAKY_RELU_SLOPE = 0.01
+BATCH_NORM_MOMENTUM = 0.9  # flax convention: PyTorch's momentum 0.1
+BATCH_NORM_EPSILON = 1e-5
+BOTTLENECK_EXPANSION = 4
+
+# He (kaiming) normal with fan_out, as torchvision initialises ResNet convolutions.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+  """Depth and width of one ResNet variant."""
+  blocks_per_stage: tuple[int, int, int, int]
+  base_width: int  # stem channels and stage-1 bottleneck width; doubles every stage
+
+
+BACKBONES = {
+    "resnet101": BackboneSpec(blocks_per_stage=(3, 4, 23, 3), base_width=64),
+    "resnet50": BackboneSpec(blocks_per_stage=(3, 4, 6, 3), base_width=64),
+    # A small network for CPU work and tests: 512 output channels.
+    "resnet_tiny": BackboneSpec(blocks_per_stage=(1, 1, 1, 1), base_width=16),
+}
+
+# Per output stride: (stride, dilation) of each of the four stages.
+STAGE_STRIDES_AND_DILATIONS = {
+    16: ((1, 1), (2, 1), (2, 1), (1, 2)),
+    8: ((1, 1), (2, 1), (1, 2), (1, 4)),
+}
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+  """The spec of a named backbone; ValueError listing the valid names otherwise."""
+  if name not in BACKBONES:
+    raise ValueError(f"unknown backbone {name!r}; valid names: {sorted(BACKBONES)}")
+  return BACKBONES[name]
+
+
+def check_output_stride(output_stride: int) -> None:
+  if output_stride not in STAGE_STRIDES_AND_DILATIONS:
+    raise ValueError(f"output_stride must be one of {sorted(STAGE_STRIDES_AND_DILATIONS)}, "
+                     f"got {output_stride}")
+
+
+def leaky_relu(x):
+  """The activation of in-place ABN."""
+  return nn.leaky_relu(x, negative_slope=LEAKY_RELU_SLOPE)
+
+
+def batch_norm(train: bool, name: str) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's defaults: batch statistics in training, running ones otherwise.
+
+  Under ``jax.jit`` with the batch sharded over devices the statistics are global, i.e. the
+  "sync" of in-place ABN sync. Variance is computed in two passes (as PyTorch does) rather
+  than as E[x^2] - E[x]^2, which loses precision when the mean is large (measured cost on
+  the tiny model: within noise). One difference remains: flax stores the biased batch
+  variance in the running average where PyTorch stores the unbiased one (factor n/(n-1),
+  n = pixels per channel in the batch), negligible at segmentation batch sizes.
+  """
+  return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
+                      epsilon=BATCH_NORM_EPSILON, use_fast_variance=False, name=name)
+
+
+def conv(features: int, kernel_size: int, name: str, stride: int = 1,
+         dilation: int = 1, padding: int = 0) -> nn.Conv:
+  """A bias-free square convolution with explicit symmetric padding (PyTorch semantics)."""
+  return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
+                 padding=((padding, padding), (padding, padding)),
+                 kernel_dilation=(dilation, dilation), use_bias=False,
+                 kernel_init=conv_kernel_init, name=name)
+
+
+class Bottleneck(nn.Module):
+  """1x1 (reduce) -> 3x3 (stride, dilation) -> 1x1 (expand x4), plus the shortcut.
+
+  Returns the residual sum BEFORE the final leaky ReLU; the caller applies the activation
+  (and keeps the pre-activation tensor when it is the last block of a stage).
+  """
+  width: int
+  stride: int = 1
+  dilation: int = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    out_channels = self.width * BOTTLENECK_EXPANSION
+
+    y = conv(self.width, 1, name="conv1")(x)
+    y = leaky_relu(batch_norm(train, "bn1")(y))
+    y = conv(self.width, 3, name="conv2", stride=self.stride, dilation=self.dilation,
+             padding=self.dilation)(y)
+    y = leaky_relu(batch_norm(train, "bn2")(y))
+    y = conv(out_channels, 1, name="conv3")(y)
+    y = batch_norm(train, "bn3")(y)  # no activation before the sum
+
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != out_channels:
+      shortcut = conv(out_channels, 1, name="downsample_conv", stride=self.stride)(x)
+      shortcut = batch_norm(train, "downsample_bn")(shortcut)  # no activation
+    return y + shortcut
+
+
+class ResNet(nn.Module):
+  """Stem and four bottleneck stages with the stride/dilation schedule of ``output_stride``.
+
+  Returns ``(features, stage_pre_activations)``: the activated output of the last stage
+  (the input of the segmentation head) and a tuple with, for each of the four stages, the
+  pre-activation residual sum of its last block.
+  """
+  blocks_per_stage: tuple[int, ...]
+  base_width: int = 64
+  output_stride: int = 16
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    check_output_stride(self.output_stride)
+
+    x = conv(self.base_width, 7, name="stem_conv", stride=2, padding=3)(x)
+    x = leaky_relu(batch_norm(train, "stem_bn")(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    stage_pre_activations = []
+    schedule = STAGE_STRIDES_AND_DILATIONS[self.output_stride]
+    for stage_index, (num_blocks, (stride, dilation)) in enumerate(
+        zip(self.blocks_per_stage, schedule)):
+      width = self.base_width * 2 ** stage_index
+      for block_index in range(num_blocks):
+        pre_activation = Bottleneck(
+            width=width, stride=stride if block_index == 0 else 1, dilation=dilation,
+            name=f"stage{stage_index + 1}_block{block_index}")(x, train)
+        x = leaky_relu(pre_activation)
+      stage_pre_activations.append(pre_activation)
+    return x, tuple(stage_pre_activations)
+
+
+def make_resnet(backbone: str, output_stride: int = 16, **module_kwargs) -> ResNet:
+  """The named backbone (see ``BACKBONES``) at the given output stride."""
+  spec = backbone_spec(backbone)
+  check_output_stride(output_stride)
+  return ResNet(blocks_per_stage=spec.blocks_per_stage, base_width=spec.base_width,
+                output_stride=output_stride, **module_kwargs)
+
+
+def output_channels(name: str) -> int:
+  """Channels of the backbone's final feature map (2048 for ResNet-50/101)."""
+  return backbone_spec(name).base_width * 2 ** 3 * BOTTLENECK_EXPANSION
+

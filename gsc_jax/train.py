@@ -1,0 +1,427 @@
+"""The incremental driver: every step of a task, readable top to bottom.
+
+Sections: mesh and sharding / model and optimiser / the train step / evaluation / one
+incremental step (input, state, loop, checkpoint, export) / the whole task.
+
+One incremental step t:
+  1. the step's image lists (ALGORITHM.md 1.2) and label transforms (1.3);
+  2. the model for the classes seen so far; at t > 0 its variables are grown from step
+     t-1's export (new classifier initialised per the method), and that export, unchanged,
+     is the frozen teacher passed INTO the train step;
+  3. a fresh SGD optimiser with the step's learning rate and poly schedule (1.6);
+  4. the jitted train step over a 1-D "data" mesh (batch sharded, state replicated);
+  5. periodic checkpoints of train state + input iterator (exact resume);
+  6. the export of the final model, then evaluation on the step's test split (1.8).
+"""
+
+import json
+import os
+import shutil
+import time
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+
+from gsc_jax import checkpoint
+from gsc_jax import methods
+from gsc_jax import metrics
+from gsc_jax import tasks
+from gsc_jax.data import pipeline
+from gsc_jax.models import deeplab
+from gsc_jax.models import incremental
+
+
+class InterruptedRun(Exception):
+  """Raised when ``stop_after_iterations`` is reached (used to test resuming)."""
+
+
+def log(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def append_jsonl(workdir: str, record: dict) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "log.jsonl"), "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+# --- mesh and sharding ---------------------------------------------------------------------
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D "data" mesh over every device of every process (Auto axis: see STACK.md)."""
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh):
+  return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def to_global_batch(local_batch: dict, mesh) -> dict:
+  """This process's rows -> one global array per key, sharded over the batch axis."""
+  sharding = batch_sharded(mesh)
+  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+          for key, value in local_batch.items()}
+
+
+# --- model and optimiser -------------------------------------------------------------------
+
+def make_model(config, classes_per_step) -> deeplab.DeepLabV3:
+  return deeplab.DeepLabV3(
+      classes_per_step=tuple(classes_per_step), backbone=config.model.backbone,
+      output_stride=config.model.output_stride, head_channels=config.model.head_channels)
+
+
+def make_optimizer(optim_config, base_learning_rate: float, max_iterations: int):
+  """SGD, Nesterov momentum, weight decay added to the gradient before momentum (PyTorch
+  semantics), poly schedule ``lr = base * (1 - it / max_it) ** power`` (ALGORITHM.md 1.6)."""
+  schedule = optax.polynomial_schedule(
+      init_value=base_learning_rate, end_value=0.0, power=optim_config.poly_power,
+      transition_steps=max_iterations)
+  optimizer = optax.chain(
+      optax.add_decayed_weights(optim_config.weight_decay),
+      optax.sgd(schedule, momentum=optim_config.momentum, nesterov=optim_config.nesterov))
+  return optimizer, schedule
+
+
+def dummy_images(config):
+  size = config.data.crop_size
+  return jnp.zeros((1, size, size, 3), jnp.float32)
+
+
+# --- the train step ------------------------------------------------------------------------
+
+def make_train_step(model, teacher_model, optimizer, loss_config, num_old_classes):
+  """Builds the pure train step of one incremental step.
+
+  ``train_step(state, teacher_variables, batch) -> (state, scalars)``. The forward pass is
+  pulled back explicitly: ``jax.vjp`` of the model gives the outputs and a pullback; the
+  loss terms are differentiated with respect to the OUTPUTS (logits, features), and the
+  summed output cotangents are pulled back into the parameters. The teacher variables are a
+  frozen argument: the teacher runs in inference mode and is never differentiated.
+  """
+
+  def total_loss(outputs, labels, teacher_outputs):
+    terms = methods.loss_terms(outputs, labels, teacher_outputs, loss_config, num_old_classes)
+    return sum(terms.values()), terms
+
+  def train_step(state, teacher_variables, batch):
+    images, labels = batch["image"], batch["label"].astype(jnp.int32)
+    teacher_outputs = None
+    if teacher_model is not None:
+      teacher_outputs = jax.lax.stop_gradient(
+          teacher_model.apply(teacher_variables, images, train=False))
+
+    def forward(params):
+      outputs, updated = model.apply(
+          {"params": params, "batch_stats": state["batch_stats"]}, images, train=True,
+          mutable=["batch_stats"])
+      return outputs, updated["batch_stats"]
+
+    outputs, pullback, batch_stats = jax.vjp(forward, state["params"], has_aux=True)
+    (loss, terms), output_cotangents = jax.value_and_grad(total_loss, has_aux=True)(
+        outputs, labels, teacher_outputs)
+    (param_gradients,) = pullback(output_cotangents)
+    updates, opt_state = optimizer.update(param_gradients, state["opt_state"], state["params"])
+    new_state = {
+        "iteration": state["iteration"] + 1,
+        "params": optax.apply_updates(state["params"], updates),
+        "batch_stats": batch_stats,
+        "opt_state": opt_state,
+    }
+    return new_state, {"loss": loss, **terms}
+
+  return train_step
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+def evaluate(model, variables, dataset, num_batches: int, num_channels: int, mesh) -> np.ndarray:
+  """Confusion matrix [K, K] (rows: ground truth channel) over the whole test split."""
+
+  @jax.jit
+  def eval_step(variables, batch):
+    logits = model.apply(variables, batch["image"], train=False)["logits"]
+    predictions = jnp.argmax(logits, axis=-1)
+    return metrics.confusion_matrix(batch["label"].astype(jnp.int32), predictions, num_channels)
+
+  confusion = np.zeros((num_channels, num_channels), np.int64)
+  iterator = iter(dataset)
+  for _ in range(num_batches):
+    batch = to_global_batch(next(iterator), mesh)
+    confusion += np.asarray(jax.device_get(eval_step(variables, batch)), np.int64)
+  return confusion
+
+
+# --- one incremental step ------------------------------------------------------------------
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Run:
+  """What every step of a run shares: config, task, mesh, sources and their label sets."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    self.task = task_of(config)
+    self.mesh = make_mesh()
+    if config.optim.batch_size % jax.device_count():
+      raise ValueError(f"optim.batch_size={config.optim.batch_size} must be divisible by the "
+                       f"{jax.device_count()} devices")
+    if config.data.eval_batch_size % jax.device_count():
+      raise ValueError(f"data.eval_batch_size={config.data.eval_batch_size} must be "
+                       f"divisible by the {jax.device_count()} devices")
+    self.train_source = pipeline.make_source(config, "train")
+    self.val_source = pipeline.make_source(config, "val")
+    self._train_classes = None
+    self._val_classes = None
+    self.iterations_this_run = 0
+
+  @property
+  def train_classes(self):
+    if self._train_classes is None:
+      self._train_classes = pipeline.label_classes(self.train_source, "train")
+    return self._train_classes
+
+  @property
+  def val_classes(self):
+    if self._val_classes is None:
+      self._val_classes = pipeline.label_classes(self.val_source, "val")
+    return self._val_classes
+
+  def abstract_variables(self, model):
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_images(self.config),
+                                               train=False))
+    sharding = replicated(self.mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        shapes)
+
+  def initial_variables(self, step: int, model, teacher_model, teacher_variables):
+    """Step 0: fresh initialisation. Step t > 0: grown from the teacher (ALGORITHM.md 1.5)."""
+    rng = jax.random.fold_in(jax.random.key(self.config.seed), step)
+    images = dummy_images(self.config)
+    init_fn = lambda rng: model.init(rng, images, train=False)
+    if teacher_model is not None:
+      init_fn = lambda rng: incremental.grow_variables(
+          model, teacher_variables, rng, images.shape[1], step,
+          init=self.config.model.new_classifier_init)
+    return jax.jit(init_fn, out_shardings=replicated(self.mesh))(rng)
+
+  def train_step_of(self, step: int):
+    """Trains step ``step`` (resuming from its newest checkpoint), saves its export."""
+    config, task = self.config, self.task
+    indices = pipeline.train_indices(self.train_classes, task, step, config.overlap)
+    if len(indices) < config.optim.batch_size:
+      raise ValueError(f"step {step} has {len(indices)} training images, fewer than one "
+                       f"global batch ({config.optim.batch_size})")
+    epochs = config.optim.epochs_step0 if step == 0 else config.optim.epochs_incremental
+    base_lr = config.optim.lr_step0 if step == 0 else config.optim.lr_incremental
+    max_iterations = epochs * (len(indices) // config.optim.batch_size)
+    num_old = tasks.num_old_classes(task, step)
+    log(f"step {step}: classes {list(task.steps[step])}, {len(indices)} training images, "
+        f"{max_iterations} iterations ({epochs} epochs), lr {base_lr}, K_old={num_old}")
+
+    model = make_model(config, tasks.classes_per_step(task, step))
+    teacher_model = teacher_variables = None
+    if step > 0:
+      teacher_model = make_model(config, tasks.classes_per_step(task, step - 1))
+      teacher_variables, _ = checkpoint.load_export(
+          self.workdir, step - 1, self.abstract_variables(teacher_model))
+    optimizer, schedule = make_optimizer(config.optim, base_lr, max_iterations)
+
+    def create_state(variables):
+      return {"iteration": jnp.zeros((), jnp.int32), "params": variables["params"],
+              "batch_stats": variables["batch_stats"],
+              "opt_state": optimizer.init(variables["params"])}
+
+    label_lut = tasks.train_label_lut(task, step, config.data.void_to_background)
+    dataset = pipeline.train_dataset(config, self.train_source, indices, label_lut,
+                                     seed=config.seed * 1000 + step,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+    data_iterator = iter(dataset)
+    manager = checkpoint.train_manager(self.workdir, step)
+    if manager.latest_step() is not None:
+      abstract_state = jax.eval_shape(create_state, self.abstract_variables(model))
+      abstract_state = jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(self.mesh)),
+          abstract_state)
+      state = checkpoint.restore_train_state(manager, abstract_state, data_iterator)
+      log(f"step {step}: resumed from iteration {manager.latest_step()}")
+    else:
+      variables = self.initial_variables(step, model, teacher_model, teacher_variables)
+      state = jax.jit(create_state, out_shardings=replicated(self.mesh))(variables)
+
+    train_step = jax.jit(
+        make_train_step(model, teacher_model, optimizer, config.loss, num_old),
+        donate_argnums=(0,))
+    iteration = int(jax.device_get(state["iteration"]))
+    interval_start, interval_iterations = time.time(), 0
+    while iteration < max_iterations:
+      batch = to_global_batch(next(data_iterator), self.mesh)
+      state, scalars = train_step(state, teacher_variables, batch)
+      iteration += 1
+      interval_iterations += 1
+      self.iterations_this_run += 1
+      if iteration % config.log_every == 0 or iteration == max_iterations:
+        scalars = {k: float(v) for k, v in jax.device_get(scalars).items()}
+        elapsed = time.time() - interval_start
+        seconds_per_iteration = elapsed / interval_iterations
+        images_per_second = config.optim.batch_size / seconds_per_iteration
+        eta = seconds_per_iteration * (max_iterations - iteration)
+        terms = " ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k != "loss")
+        lr = float(schedule(iteration - 1))
+        log(f"step {step} it {iteration}/{max_iterations} loss {scalars['loss']:.4f} "
+            f"({terms}) lr {lr:.5f} {images_per_second:.1f} img/s ETA {_format_duration(eta)}")
+        append_jsonl(self.workdir, {"step": step, "iteration": iteration, "lr": lr,
+                                    "images_per_second": images_per_second, **scalars})
+        interval_start, interval_iterations = time.time(), 0
+      if iteration % config.checkpoint_every == 0 and iteration < max_iterations:
+        checkpoint.save_train_state(manager, iteration, state, data_iterator)
+      if self.iterations_this_run == config.stop_after_iterations:
+        manager.wait_until_finished()
+        raise InterruptedRun(f"stopped after {self.iterations_this_run} iterations "
+                             f"(stop_after_iterations) at step {step} iteration {iteration}")
+    manager.wait_until_finished()
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    checkpoint.save_export(self.workdir, step, variables, self.export_meta(step))
+    return model, variables
+
+  def export_meta(self, step: int) -> dict:
+    model = self.config.model
+    return {"step": step, "dataset": self.config.dataset,
+            "classes_per_step": [list(c) for c in self.task.steps[:step + 1]],
+            "model": {"backbone": model.backbone, "output_stride": model.output_stride,
+                      "head_channels": model.head_channels},
+            "void_to_background": self.config.data.void_to_background}
+
+  def evaluate_step(self, step: int, model, variables) -> dict:
+    task = self.task
+    indices = pipeline.test_indices(self.val_classes, task, step)
+    label_lut = tasks.test_label_lut(task, step)
+    dataset, num_batches = pipeline.eval_dataset(
+        self.config, self.val_source, indices, label_lut, jax.process_index(),
+        jax.process_count())
+    num_channels = sum(tasks.classes_per_step(task, step))
+    start = time.time()
+    confusion = evaluate(model, variables, dataset, num_batches, num_channels, self.mesh)
+    summary = metrics.summarize_step(confusion, task, step)
+    summary["num_test_images"] = int(len(indices))
+    log(f"step {step}: evaluated {len(indices)} images in {time.time() - start:.1f} s: "
+        f"mIoU all {_percent(summary['all'])} old {_percent(summary['old'])} "
+        f"new {_percent(summary['new'])}")
+    append_jsonl(self.workdir, {"step": step, "eval": summary})
+    return summary
+
+
+def _percent(value) -> str:
+  return "-" if value is None else f"{100 * value:.1f}"
+
+
+def task_of(config) -> tasks.Task:
+  """The config's task; an unknown task or bad class order is an error naming valid ones."""
+  class_order = None
+  if config.class_order:
+    try:
+      class_order = [int(part) for part in config.class_order.split(",")]
+    except ValueError:
+      raise ValueError(f"class_order {config.class_order!r} must be comma-separated "
+                       "integers") from None
+  return tasks.get_task(config.dataset, config.task, num_classes=config.data.num_classes,
+                        class_order=class_order)
+
+
+# --- the whole task ------------------------------------------------------------------------
+
+def _reuse_step0(run: Run, other_workdir: str) -> None:
+  """Copies another run's finished step-0 export (and its evaluation) into this work dir."""
+  if not checkpoint.export_exists(other_workdir, 0):
+    raise FileNotFoundError(f"init_step0_from={other_workdir!r} has no finished step-0 export "
+                            f"(expected {checkpoint.step_dir(other_workdir, 0)}/export_meta.json)")
+  other_meta = checkpoint.read_json(
+      os.path.join(checkpoint.step_dir(other_workdir, 0), "export_meta.json"))
+  own_meta = run.export_meta(0)
+  for key in ("dataset", "classes_per_step", "model"):
+    if other_meta.get(key) != own_meta[key]:
+      raise ValueError(f"init_step0_from={other_workdir!r}: its step 0 has {key}="
+                       f"{other_meta.get(key)}, this run needs {own_meta[key]}")
+  if other_meta.get("void_to_background") != own_meta["void_to_background"]:
+    log(f"note: the reused step 0 was trained with data.void_to_background="
+        f"{other_meta.get('void_to_background')}; this run uses "
+        f"{own_meta['void_to_background']} from step 1 on")
+  if jax.process_index() == 0:
+    source, target = checkpoint.step_dir(other_workdir, 0), checkpoint.step_dir(run.workdir, 0)
+    os.makedirs(target, exist_ok=True)
+    for name in ("export", "export_meta.json", "metrics.json"):
+      path = os.path.join(source, name)
+      if os.path.isdir(path):
+        shutil.copytree(path, os.path.join(target, name), dirs_exist_ok=True)
+      elif os.path.exists(path):
+        shutil.copy(path, os.path.join(target, name))
+  multihost_utils.sync_global_devices("reuse_step0")
+  log(f"step 0: reused the finished export of {other_workdir}")
+
+
+def _step_finished(workdir: str, step: int) -> bool:
+  return (checkpoint.export_exists(workdir, step)
+          and os.path.exists(checkpoint.metrics_path(workdir, step)))
+
+
+def write_results(run: Run, last_step: int) -> list[dict]:
+  summaries = [checkpoint.read_json(checkpoint.metrics_path(run.workdir, step))
+               for step in range(last_step + 1)
+               if os.path.exists(checkpoint.metrics_path(run.workdir, step))]
+  if jax.process_index() == 0 and summaries:
+    metrics.write_results_csv(os.path.join(run.workdir, "results.csv"), run.task, summaries)
+    metrics.write_summary_json(os.path.join(run.workdir, "summary.json"), run.task, summaries)
+  return summaries
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Runs steps ``first_step..last_step`` of the task; finished steps are skipped.
+
+  Returns the per-step summaries (ALGORITHM.md 1.8) of every finished step.
+  """
+  run = Run(config, workdir)
+  num_steps = len(run.task.steps)
+  last_step = num_steps - 1 if config.last_step < 0 else config.last_step
+  if not 0 <= config.first_step <= last_step < num_steps:
+    raise ValueError(f"steps {config.first_step}..{last_step} are outside task "
+                     f"{config.task!r}, which has steps 0..{num_steps - 1}")
+  if config.init_step0_from and config.first_step == 0 and not _step_finished(workdir, 0):
+    _reuse_step0(run, config.init_step0_from)
+  if config.first_step > 0 and not checkpoint.export_exists(workdir, config.first_step - 1):
+    raise FileNotFoundError(
+        f"first_step={config.first_step} needs the export of step {config.first_step - 1} "
+        f"in {workdir}; run the earlier steps first (or set init_step0_from)")
+  log(f"task {config.dataset} {config.task}: {num_steps} steps "
+      f"{[list(s) for s in run.task.steps]}; running steps {config.first_step}..{last_step}")
+  for step in range(config.first_step, last_step + 1):
+    if _step_finished(workdir, step):
+      log(f"step {step}: finished earlier, skipping")
+      continue
+    model, variables = run.train_step_of(step)
+    summary = run.evaluate_step(step, model, variables)
+    checkpoint.save_step_metrics(workdir, step, summary)
+    multihost_utils.sync_global_devices(f"step_{step}_done")
+    if jax.process_index() == 0:
+      # The export holds everything later steps need; the train checkpoints can go.
+      shutil.rmtree(os.path.join(checkpoint.step_dir(workdir, step), "checkpoints"),
+                    ignore_errors=True)
+    write_results(run, last_step)
+  summaries = write_results(run, last_step)
+  log("\n" + metrics.format_table(run.task, summaries))
+  return summaries

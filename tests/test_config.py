@@ -1,0 +1,87 @@
+"""Config strings, overrides, presets and their errors."""
+
+import json
+
+import pytest
+
+from configs import common
+from configs import synthetic
+from configs import voc
+from gsc_jax import main
+from gsc_jax import methods
+
+
+def test_parse_arg():
+  assert common.parse_arg("15-1") == ("15-1", {})
+  assert common.parse_arg("15-1,method=ft, seed=3") == ("15-1", {"method": "ft", "seed": "3"})
+  with pytest.raises(ValueError, match="must start with a task name"):
+    common.parse_arg("method=ft")
+  with pytest.raises(ValueError, match="key=value"):
+    common.parse_arg("15-1,ft")
+
+
+def test_overrides_keep_types():
+  config = voc.get_config("15-1,overlap=false,seed=1,optim.batch_size=8,loss.kd_weight=100")
+  assert config.task == "15-1"
+  assert config.overlap is False
+  assert config.seed == 1
+  assert config.optim.batch_size == 8
+  assert config.loss.kd_weight == 100.0
+
+
+def test_published_protocol_fields():
+  config = voc.get_config("15-1")
+  optim = config.optim
+  assert (optim.batch_size, optim.lr_step0, optim.lr_incremental) == (24, 0.01, 0.001)
+  assert (optim.momentum, optim.nesterov, optim.weight_decay, optim.poly_power) == (
+      0.9, True, 1e-4, 0.9)
+  assert (optim.epochs_step0, optim.epochs_incremental) == (30, 30)
+  assert config.data.crop_size == 512 and config.model.backbone == "resnet101"
+
+
+def test_unknown_key_lists_valid_keys():
+  with pytest.raises(ValueError, match=r"unknown config key 'optim.bachsize'.*optim.batch_size"):
+    synthetic.get_config("15-1,optim.bachsize=4")
+
+
+def test_bad_boolean():
+  with pytest.raises(ValueError, match="not a boolean"):
+    synthetic.get_config("15-1,overlap=maybe")
+
+
+def test_preset_fills_only_unset_fields():
+  config = synthetic.get_config("15-1,method=mib,loss.kd_weight=3.5")
+  filled = methods.resolve_preset(config)
+  assert config.loss.kd_weight == 3.5  # the user's value wins
+  assert config.loss.ce == "unbiased"
+  assert config.data.void_to_background is True
+  assert "loss.kd_weight=10.0" not in filled and "loss.ce=unbiased" in filled
+
+
+def test_ft_preset():
+  config = synthetic.get_config("15-1,method=ft")
+  methods.resolve_preset(config)
+  assert (config.loss.ce, config.loss.kd_weight, config.model.new_classifier_init) == (
+      "plain", 0.0, "random")
+
+
+def test_unknown_method():
+  config = synthetic.get_config("15-1,method=magic")
+  with pytest.raises(ValueError, match="valid methods: ft, mib"):
+    methods.resolve_preset(config)
+
+
+def test_unknown_task_lists_valid_tasks(tmp_path):
+  config = voc.get_config("15-2")
+  with pytest.raises(ValueError, match="15-1"):
+    main.prepare(config, str(tmp_path / "run"))
+
+
+def test_prepare_saves_resolved_config_and_refuses_other_settings(tmp_path):
+  workdir = str(tmp_path / "run")
+  main.prepare(synthetic.get_config("15-1,method=ft"), workdir)
+  saved = json.load(open(tmp_path / "run" / "config.json"))
+  assert saved["loss"]["ce"] == "plain" and saved["workdir"] == workdir
+  main.prepare(synthetic.get_config("15-1,method=ft,last_step=2"), workdir)  # restartable
+  with pytest.raises(ValueError, match="different config"):
+    main.prepare(synthetic.get_config("15-1,method=ft,seed=5"), workdir)

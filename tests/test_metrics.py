@@ -1,0 +1,152 @@
+"""Confusion matrix, IoU, per-step summaries and results files (ALGORITHM.md 1.8)."""
+
+import csv
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gsc_jax import metrics
+from gsc_jax import tasks
+
+LABELS = np.array([[0, 0, 1, 1, -1],
+                   [2, 2, 255, 7, 1]])
+PREDICTIONS = np.array([[0, 1, 1, 1, 0],
+                        [2, 0, 2, 2, 1]])
+# Counted by hand: the 255, 7 (>= K) and -1 pixels are skipped.
+EXPECTED_CONFUSION = np.array([[1, 1, 0],
+                               [0, 3, 0],
+                               [1, 0, 1]])
+
+
+def test_confusion_matrix_by_hand():
+  confusion = metrics.confusion_matrix(LABELS, PREDICTIONS, 3)
+  assert confusion.dtype == jnp.int32
+  np.testing.assert_array_equal(confusion, EXPECTED_CONFUSION)
+
+
+def test_confusion_matrix_under_jit():
+  jitted = jax.jit(metrics.confusion_matrix, static_argnums=2)
+  np.testing.assert_array_equal(
+      jitted(jnp.asarray(LABELS), jnp.asarray(PREDICTIONS), 3), EXPECTED_CONFUSION)
+
+
+def test_class_iou_formula():
+  iou = metrics.class_iou(EXPECTED_CONFUSION)
+  assert iou.dtype == np.float64
+  # class 0: TP 1, FP 1 (row 2), FN 1; class 1: TP 3, FP 1; class 2: TP 1, FN 1
+  np.testing.assert_allclose(iou, [1 / (3 + 1e-6), 3 / (4 + 1e-6), 1 / (2 + 1e-6)])
+
+
+def test_mean_iou_skips_classes_without_ground_truth():
+  confusion = np.array([[2, 0, 1],
+                        [0, 0, 0],   # class 1: no ground truth (a false positive only)
+                        [0, 1, 1]])
+  iou = metrics.class_iou(confusion)
+  assert iou[1] == 0.0
+  expected = (2 / (3 + 1e-6) + 1 / (3 + 1e-6)) / 2
+  assert metrics.mean_iou(confusion) == pytest.approx(expected)
+  assert metrics.mean_iou(np.zeros((3, 3))) is None
+
+
+def test_summarize_step_old_new_by_hand():
+  task = tasks.get_task("synthetic", "2-1", num_classes=5)   # {0,1,2}, {3}, {4}
+  confusion = np.diag([10, 10, 0, 10])  # step 1: channels 0..3; class 2 has no GT
+  confusion[0, 1] = 10  # class 0: IoU 10/20; class 1: TP 10, FP 10 -> 10/20
+  summary = metrics.summarize_step(confusion, task, 1)
+  assert summary["step"] == 1
+  assert summary["iou"][0] == pytest.approx(0.5)
+  assert summary["iou"][1] == pytest.approx(0.5)
+  assert summary["iou"][2] is None           # seen, no ground truth
+  assert summary["iou"][3] == pytest.approx(1.0)
+  assert summary["iou"][4] is None           # not seen yet
+  assert summary["old"] == pytest.approx(0.5)
+  assert summary["new"] == pytest.approx(1.0)
+  assert summary["all"] == pytest.approx(2 / 3)
+  assert summary["groups"] == {"0-2": pytest.approx(0.5), "3": pytest.approx(1.0)}
+  step0 = metrics.summarize_step(np.diag([5, 5, 5]), task, 0)
+  assert step0["new"] is None and step0["old"] == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="3 channels"):
+    metrics.summarize_step(np.eye(4), task, 0)
+
+
+def test_summarize_step_maps_channels_to_classes():
+  task = tasks.get_task("synthetic", "2-1", num_classes=5, class_order=[4, 1, 3, 2])
+  # channels at step 1: classes [0, 4, 1, 3]; channel 1 (class 4) is the only wrong one
+  confusion = np.diag([10, 0, 10, 10])
+  confusion[1, 0] = 10
+  summary = metrics.summarize_step(confusion, task, 1)
+  assert summary["iou"][4] == 0.0 and summary["iou"][3] == pytest.approx(1.0)
+  assert summary["iou"][2] is None
+  assert summary["old"] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+  assert set(summary["groups"]) == {"0,4,1", "3"}
+
+
+def test_group_label():
+  assert metrics.group_label(range(16)) == "0-15"
+  assert metrics.group_label([16]) == "16"
+  assert metrics.group_label([101, 102, 103]) == "101-103"
+  assert metrics.group_label([0, 4, 1]) == "0,4,1"
+
+
+def _summaries():
+  """Hand-written summaries of task 2-1 over 5 classes: {0,1,2}, {3}, {4}."""
+  task = tasks.get_task("synthetic", "2-1", num_classes=5)
+  return task, [
+      {"step": 0, "iou": {0: 0.8, 1: 0.6, 2: 0.4, 3: None, 4: None},
+       "all": 0.6, "old": 0.6, "new": None, "groups": {"0-2": 0.6}},
+      {"step": 1, "iou": {0: 0.8, 1: 0.6, 2: None, 3: 0.5, 4: None},
+       "all": 1.9 / 3, "old": 0.7, "new": 0.5, "groups": {"0-2": 0.7, "3": 0.5}},
+      {"step": 2, "iou": {0: 0.5, 1: 0.5, 2: 0.5, 3: 0.5, 4: 0.2},
+       "all": 0.44, "old": 0.5, "new": 0.35, "groups": {"0-2": 0.5, "3": 0.5, "4": 0.2}},
+  ]
+
+
+def test_results_csv(tmp_path):
+  task, summaries = _summaries()
+  path = tmp_path / "out" / "results.csv"
+  metrics.write_results_csv(str(path), task, summaries)
+  rows = list(csv.reader(open(path)))
+  assert rows[0] == ["step", "all", "old", "new", "0", "1", "2", "3", "4"]
+  assert rows[1][:4] == ["0", "0.6000", "0.6000", ""]
+  assert rows[2][:5] == ["1", "0.6333", "0.7000", "0.5000", "0.8000"]
+  assert rows[1][7:] == ["x", "x"]   # classes 3 and 4 unseen at step 0
+  assert rows[2][6] == ""            # class 2 seen but without ground truth
+  assert rows[2][8] == "x"
+  assert "x" not in rows[3]
+  assert len(rows) == 4
+
+
+def test_results_csv_after_json_round_trip(tmp_path):
+  task, summaries = _summaries()
+  reloaded = json.loads(json.dumps(summaries))  # int class keys become strings
+  metrics.write_results_csv(str(tmp_path / "a.csv"), task, summaries)
+  metrics.write_results_csv(str(tmp_path / "b.csv"), task, reloaded)
+  assert open(tmp_path / "a.csv").read() == open(tmp_path / "b.csv").read()
+
+
+def test_summary_json(tmp_path):
+  task, summaries = _summaries()
+  path = tmp_path / "summary.json"
+  metrics.write_summary_json(str(path), task, summaries)
+  result = json.load(open(path))
+  expected_avg = np.mean([s["all"] for s in summaries])
+  assert result["avg"] == pytest.approx(expected_avg)
+  assert result["all"] == pytest.approx(summaries[-1]["all"])
+  assert result["old"] == pytest.approx(0.5)
+  assert result["new"] == pytest.approx(0.35)
+  assert result["task"] == "2-1" and result["num_steps_evaluated"] == 3
+  assert len(result["per_step"]) == 3
+
+
+def test_format_table():
+  task, summaries = _summaries()
+  table = metrics.format_table(task, summaries)
+  lines = table.splitlines()
+  assert lines[1].split() == ["step", "all", "old", "new", "0-2", "3", "4"]
+  assert lines[2].split() == ["0", "60.0", "60.0", "-", "60.0", "-", "-"]
+  assert lines[4].split() == ["2", "44.0", "50.0", "35.0", "50.0", "50.0", "20.0"]
+  avg = 100 * np.mean([s["all"] for s in summaries])
+  assert lines[-1].split() == ["avg", f"{avg:.1f}"]

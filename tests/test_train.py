@@ -1,0 +1,107 @@
+"""End to end: a short two-step task on tiny synthetic data, and exact resume."""
+
+import csv
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import synthetic
+from gsc_jax import checkpoint
+from gsc_jax import main
+from gsc_jax import train
+
+# Step 0 = background + classes 1-3, step 1 = class 4.
+TINY = ("3-1,data.num_classes=5,data.image_size=64,data.crop_size=64,data.eval_size=64,"
+        "data.num_train_images=48,data.num_val_images=16,data.eval_batch_size=8,"
+        "model.backbone=resnet_tiny,model.head_channels=16,optim.batch_size=8,"
+        "optim.epochs_step0=1,optim.epochs_incremental=2,log_every=2,checkpoint_every=2")
+
+
+def tiny_config(extra: str = ""):
+  return synthetic.get_config(TINY + extra)
+
+
+def run(workdir, extra=""):
+  config = tiny_config(extra)
+  workdir = main.prepare(config, str(workdir))
+  return train.train_and_evaluate(config, workdir)
+
+
+def read_export(workdir, step):
+  return checkpoint.read_export_arrays(str(workdir), step)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  summaries = run(workdir, ",method=mib")
+  return workdir, summaries
+
+
+def test_two_step_run_writes_results(finished_run):
+  workdir, summaries = finished_run
+  assert [s["step"] for s in summaries] == [0, 1]
+  for summary in summaries:
+    assert 0.0 <= summary["all"] <= 1.0
+  assert summaries[0]["new"] is None and summaries[1]["new"] is not None
+  with open(workdir / "results.csv") as f:
+    rows = list(csv.reader(f))
+  assert len(rows) == 3  # header + one row per step
+  header = rows[0]
+  class4 = header.index(next(h for h in header if h.endswith("4")))
+  assert rows[1][class4] == "x"  # class 4 unseen at step 0
+  summary = json.load(open(workdir / "summary.json"))
+  assert np.isclose(summary["avg"], np.mean([s["all"] for s in summaries]))
+  log_lines = [json.loads(line) for line in open(workdir / "log.jsonl")]
+  assert any("images_per_second" in line for line in log_lines)
+  # The train checkpoints of a finished step are removed; its export stays.
+  assert not os.path.exists(os.path.join(checkpoint.step_dir(str(workdir), 0), "checkpoints"))
+
+
+def test_step1_grew_the_classifier_from_step0(finished_run):
+  workdir, _ = finished_run
+  step0, step1 = read_export(workdir, 0), read_export(workdir, 1)
+  assert step0["params"]["classifier_0"]["kernel"].shape[-1] == 4
+  assert step1["params"]["classifier_1"]["kernel"].shape[-1] == 1
+
+
+def test_finished_steps_are_not_rerun(finished_run, capsys):
+  workdir, summaries = finished_run
+  again = run(workdir, ",method=mib")
+  assert "finished earlier, skipping" in capsys.readouterr().out
+  assert again == summaries
+
+
+def test_resume_after_interruption_is_bitwise_identical(finished_run, tmp_path):
+  reference_dir, reference = finished_run
+  workdir = tmp_path / "interrupted"
+  # 48 images / batch 8 = 6 iterations at step 0; checkpoints every 2.
+  with pytest.raises(train.InterruptedRun):
+    run(workdir, ",method=mib,stop_after_iterations=3")  # killed in step 0
+  with pytest.raises(train.InterruptedRun):
+    run(workdir, ",method=mib,stop_after_iterations=7")  # finishes step 0, killed in step 1
+  summaries = run(workdir, ",method=mib")
+  for step in (0, 1):
+    resumed, uninterrupted = read_export(workdir, step), read_export(reference_dir, step)
+    flat_resumed = jax.tree.leaves(resumed)
+    flat_reference = jax.tree.leaves(uninterrupted)
+    assert len(flat_resumed) == len(flat_reference)
+    for a, b in zip(flat_resumed, flat_reference):
+      np.testing.assert_array_equal(a, b)
+  assert summaries == reference
+
+
+def test_init_step0_from_another_workdir(finished_run, tmp_path):
+  reference_dir, reference = finished_run
+  summaries = run(tmp_path / "ft", f",method=ft,init_step0_from={reference_dir}")
+  assert summaries[0] == reference[0]  # the same step-0 model and evaluation
+  assert summaries[1]["step"] == 1
+
+
+def test_init_step0_from_mismatched_model(finished_run, tmp_path):
+  reference_dir, _ = finished_run
+  with pytest.raises(ValueError, match="model"):
+    run(tmp_path / "other", f",model.head_channels=8,init_step0_from={reference_dir}")
