@@ -12,6 +12,7 @@ import sys
 import traceback
 
 from absl import app
+from absl import logging
 from absl import flags
 import jax
 from ml_collections import config_flags
@@ -27,7 +28,8 @@ _DISTRIBUTED = flags.DEFINE_bool(
 
 # Fields that may change between invocations sharing one work dir.
 RESTARTABLE_FIELDS = ("first_step", "last_step", "stop_after_iterations", "log_every",
-                      "init_step0_from", "workdir")
+                      "init_step0_from", "workdir", "data.root", "data.num_threads",
+                      "data.prefetch_batches")
 
 
 def default_workdir(config) -> str:
@@ -36,14 +38,22 @@ def default_workdir(config) -> str:
                               f"_seed{config.seed}")
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
 def check_same_config(saved: dict, current: dict, workdir: str) -> None:
   """A work dir belongs to one experiment: refuse to continue it with other settings."""
-  differences = []
-  for key in sorted(set(saved) | set(current)):
-    if key in RESTARTABLE_FIELDS:
-      continue
-    if saved.get(key) != current.get(key):
-      differences.append(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}")
+  saved, current = _flatten(saved), _flatten(current)
+  differences = [f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+                 for key in sorted(set(saved) | set(current))
+                 if key not in RESTARTABLE_FIELDS and saved.get(key) != current.get(key)]
   if differences:
     raise ValueError(f"work dir {workdir} holds a run with a different config:\n  "
                      + "\n  ".join(differences)
@@ -76,6 +86,8 @@ def prepare(config, workdir_flag: str | None) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # orbax and grain report every save at INFO level; keep the progress lines readable.
+  logging.set_verbosity(logging.WARNING)
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   config = _CONFIG.value
@@ -86,10 +98,24 @@ def main(argv):
     print(f"{interrupted}; run the same command again to resume", file=sys.stderr)
     sys.exit(3)
   except (FileNotFoundError, ValueError) as error:
-    traceback.print_exc()
-    print(f"\nerror: {error}", file=sys.stderr)
+    # Bad input (data, task, config): the message says what to do; the raise site is
+    # enough context, the full traceback would bury the message.
+    where = traceback.extract_tb(error.__traceback__)[-1]
+    print(f"error ({type(error).__name__} at {os.path.basename(where.filename)}:"
+          f"{where.lineno}): {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl flag parsing, with a readable error for a ``--config.<key>`` naming no field."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as error:
+    overrides = [arg.split("=")[0] for arg in argv if arg.startswith("--config.")]
+    print(f"error: unknown config field {error} in the overrides {overrides}; every field "
+          "is listed in configs/common.py (get_base_config)", file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
