@@ -202,12 +202,15 @@ class Run:
       self._val_classes = pipeline.label_classes(self.val_source, "val")
     return self._val_classes
 
-  def abstract_variables(self, model):
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_images(self.config),
-                                               train=False))
+  def replicated_shapes(self, shapes):
+    """Shape/dtype tree -> abstract arrays replicated over the mesh (restore targets)."""
     sharding = replicated(self.mesh)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         shapes)
+
+  def abstract_variables(self, model):
+    return self.replicated_shapes(jax.eval_shape(
+        lambda: model.init(jax.random.key(0), dummy_images(self.config), train=False)))
 
   def initial_variables(self, step: int, model, teacher_model, teacher_variables):
     """Step 0: fresh initialisation. Step t > 0: grown from the teacher (ALGORITHM.md 1.5)."""
@@ -220,7 +223,7 @@ class Run:
           init=self.config.model.new_classifier_init)
     return jax.jit(init_fn, out_shardings=replicated(self.mesh))(rng)
 
-  def train_step_of(self, step: int):
+  def train_incremental_step(self, step: int):
     """Trains step ``step`` (resuming from its newest checkpoint), saves its export."""
     config, task = self.config, self.task
     indices = pipeline.train_indices(self.train_classes, task, step, config.overlap)
@@ -255,10 +258,8 @@ class Run:
     data_iterator = iter(dataset)
     manager = checkpoint.train_manager(self.workdir, step)
     if manager.latest_step() is not None:
-      abstract_state = jax.eval_shape(create_state, self.abstract_variables(model))
-      abstract_state = jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(self.mesh)),
-          abstract_state)
+      abstract_state = self.replicated_shapes(
+          jax.eval_shape(create_state, self.abstract_variables(model)))
       state = checkpoint.restore_train_state(manager, abstract_state, data_iterator)
       log(f"step {step}: resumed from iteration {manager.latest_step()}")
     else:
@@ -413,7 +414,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     if _step_finished(workdir, step):
       log(f"step {step}: finished earlier, skipping")
       continue
-    model, variables = run.train_step_of(step)
+    if checkpoint.export_exists(workdir, step):  # trained, but stopped before evaluating
+      model = make_model(config, tasks.classes_per_step(run.task, step))
+      variables, _ = checkpoint.load_export(workdir, step, run.abstract_variables(model))
+      log(f"step {step}: trained earlier, evaluating its export")
+    else:
+      model, variables = run.train_incremental_step(step)
     summary = run.evaluate_step(step, model, variables)
     checkpoint.save_step_metrics(workdir, step, summary)
     multihost_utils.sync_global_devices(f"step_{step}_done")

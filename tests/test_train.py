@@ -83,6 +83,8 @@ def test_resume_after_interruption_is_bitwise_identical(finished_run, tmp_path):
     run(workdir, ",method=mib,stop_after_iterations=3")  # killed in step 0
   with pytest.raises(train.InterruptedRun):
     run(workdir, ",method=mib,stop_after_iterations=7")  # finishes step 0, killed in step 1
+  assert checkpoint.export_exists(str(workdir), 0) and not checkpoint.export_exists(str(workdir), 1)
+  assert os.listdir(os.path.join(checkpoint.step_dir(str(workdir), 1), "checkpoints"))
   summaries = run(workdir, ",method=mib")
   for step in (0, 1):
     resumed, uninterrupted = read_export(workdir, step), read_export(reference_dir, step)
@@ -105,3 +107,17 @@ def test_init_step0_from_mismatched_model(finished_run, tmp_path):
   reference_dir, _ = finished_run
   with pytest.raises(ValueError, match="model"):
     run(tmp_path / "other", f",model.head_channels=8,init_step0_from={reference_dir}")
+
+
+def test_step_trained_but_not_evaluated_is_only_evaluated(finished_run, tmp_path, capsys):
+  import shutil
+  reference_dir, reference = finished_run
+  workdir = tmp_path / "copy"
+  shutil.copytree(reference_dir, workdir)
+  os.remove(checkpoint.metrics_path(str(workdir), 1))
+  # The saved config names the reference work dir; it is a restartable field.
+  summaries = run(workdir, ",method=mib")
+  output = capsys.readouterr().out
+  assert "step 1: trained earlier, evaluating its export" in output
+  assert " it " not in output.split("step 1: trained earlier")[1]  # no training iterations
+  assert summaries == reference
