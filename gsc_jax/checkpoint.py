@@ -107,7 +107,3 @@ def metrics_path(workdir: str, step: int) -> str:
 
 def save_step_metrics(workdir: str, step: int, summary: dict) -> None:
   _write_json(metrics_path(workdir, step), summary)
-
-
-def write_json(path: str, data) -> None:
-  _write_json(path, data)

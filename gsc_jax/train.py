@@ -14,6 +14,7 @@ One incremental step t:
   6. the export of the final model, then evaluation on the step's test split (1.8).
 """
 
+import functools
 import json
 import os
 import shutil
@@ -178,29 +179,22 @@ class Run:
     self.workdir = workdir
     self.task = task_of(config)
     self.mesh = make_mesh()
-    if config.optim.batch_size % jax.device_count():
-      raise ValueError(f"optim.batch_size={config.optim.batch_size} must be divisible by the "
-                       f"{jax.device_count()} devices")
-    if config.data.eval_batch_size % jax.device_count():
-      raise ValueError(f"data.eval_batch_size={config.data.eval_batch_size} must be "
-                       f"divisible by the {jax.device_count()} devices")
+    for name, batch_size in (("optim.batch_size", config.optim.batch_size),
+                             ("data.eval_batch_size", config.data.eval_batch_size)):
+      if batch_size % jax.device_count():
+        raise ValueError(f"{name}={batch_size} must be divisible by the "
+                         f"{jax.device_count()} devices")
     self.train_source = pipeline.make_source(config, "train")
     self.val_source = pipeline.make_source(config, "val")
-    self._train_classes = None
-    self._val_classes = None
     self.iterations_this_run = 0
 
-  @property
+  @functools.cached_property
   def train_classes(self):
-    if self._train_classes is None:
-      self._train_classes = pipeline.label_classes(self.train_source, "train")
-    return self._train_classes
+    return pipeline.label_classes(self.train_source, "train")
 
-  @property
+  @functools.cached_property
   def val_classes(self):
-    if self._val_classes is None:
-      self._val_classes = pipeline.label_classes(self.val_source, "val")
-    return self._val_classes
+    return pipeline.label_classes(self.val_source, "val")
 
   def replicated_shapes(self, shapes):
     """Shape/dtype tree -> abstract arrays replicated over the mesh (restore targets)."""

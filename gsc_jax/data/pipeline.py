@@ -6,7 +6,6 @@ the step's test images in a fixed order, padded with fully-ignored images to a w
 of global batches so every process runs the same number of batches.
 """
 
-import os
 import sys
 import time
 
@@ -46,13 +45,13 @@ def label_classes(source, description: str) -> list[np.ndarray]:
 
 
 def train_indices(classes_per_image, task, step, overlap: bool) -> np.ndarray:
-  keep = [tasks.keep_train_image(c, task, step, overlap) for c in classes_per_image]
-  return np.flatnonzero(keep)
+  return tasks.step_indices(
+      classes_per_image, lambda classes: tasks.keep_train_image(classes, task, step, overlap))
 
 
 def test_indices(classes_per_image, task, step) -> np.ndarray:
-  keep = [tasks.keep_test_image(c, task, step) for c in classes_per_image]
-  return np.flatnonzero(keep)
+  return tasks.step_indices(
+      classes_per_image, lambda classes: tasks.keep_test_image(classes, task, step))
 
 
 class SubsetSource:
@@ -144,9 +143,3 @@ def eval_dataset(config, source, indices, label_lut,
   dataset = dataset.batch(global_batch // process_count, drop_remainder=True)
   return dataset.to_iter_dataset(_read_options(config)), num_batches
 
-
-def check_data_root(config) -> None:
-  """A clear error before anything starts when a real dataset's root is missing."""
-  if config.dataset != "synthetic" and not os.path.isdir(config.data.root):
-    # The source raises the detailed message (expected tree, how to prepare the data).
-    make_source(config, "train")
