@@ -87,7 +87,7 @@ def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
   config.task = task
   config.class_order = ""            # comma-separated class ids; "" = natural order
   config.overlap = True              # overlapped (True) or disjoint (False) image selection
-  config.method = "mib"              # ft | mib (presets in gsc_jax/methods.py)
+  config.method = "mib"              # ft | mib | plop | gsc (presets in gsc_jax/methods.py)
   config.seed = 0
   config.workdir = ""                # "" = runs/<dataset>_<task>_<method>_<ov|dis>_seed<seed>
   config.first_step = 0
@@ -139,6 +139,38 @@ def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
   config.loss.ce = config_dict.placeholder(str)         # plain | unbiased (preset)
   config.loss.kd_weight = config_dict.placeholder(float)  # unbiased distillation weight (preset)
   config.loss.kd_alpha = 1.0          # teacher logit scaling in the unbiased distillation
+  # PLOP's Local POD (ALGORITHM.md 4): weight of the 4 stage + head tensors, of the logits.
+  config.loss.pod_weight = config_dict.placeholder(float)         # preset: plop/gsc 0.01
+  config.loss.pod_logits_weight = config_dict.placeholder(float)  # preset: plop/gsc 0.0005
+  config.loss.pod_scales = (1, 2, 4)  # tile grids of the local embedding
+
+  # PLOP's entropy pseudo-labels of the old classes hidden in the background.
+  config.pseudo = ml_collections.ConfigDict()
+  config.pseudo.entropy = config_dict.placeholder(bool)  # preset: plop/gsc True
+  config.pseudo.thresholds = "histogram"  # histogram (PLOP's released code) | median (exact)
+  config.pseudo.threshold_floor = 0.001   # every per-class entropy threshold is at least this
+  config.pseudo.adaptive_factor = True    # weight each image's CE by nu (accepted / background)
+
+  # GSC's three parts (ALGORITHM.md 5; reconstructed, see docs/gsc_step.md).
+  config.gsc = ml_collections.ConfigDict()
+  config.gsc.compensation = config_dict.placeholder(bool)  # 5.1; preset: gsc True
+  config.gsc.groups = "step"          # step | cumulative (all old classes) | class
+  config.gsc.use_exponent = True      # g^zeta with zeta = K_old / K (False: zeta = 1)
+  config.gsc.magnitude = "softmax"    # g = 1 - p(y) with softmax | sigmoid probabilities
+  config.gsc.ema_decay = 0.0          # EMA of the group means across iterations (0: per batch)
+  config.gsc.relation = config_dict.placeholder(bool)      # 5.2; preset: gsc True
+  config.gsc.relation_form = "soft_sharp"  # soft_sharp (three terms) | temperature
+  config.gsc.soft_label_weight = 0.3
+  config.gsc.sharpening_weight = 0.1
+  config.gsc.relation_weight = 0.5
+  config.gsc.temperature_kd_weight = 10.0  # temperature form only
+  config.gsc.soft_temperature = 2.0
+  config.gsc.sharp_temperature = 0.5
+  config.gsc.prototypes = config_dict.placeholder(bool)    # 5.3; preset: gsc True
+  config.gsc.similarity = "cosine"    # cosine | euclidean (feature-to-prototype)
+  config.gsc.tau = 0.1                # temperature of the softmax over prototype similarities
+  config.gsc.theta = 0.5              # minimum corrected score to accept an old class
+  config.gsc.relabel_with_entropy = True  # also require PLOP's entropy filter to accept
   return config
 
 

@@ -23,6 +23,11 @@ from configs import common
 
 def get_config(arg: str = "15-1"):
   task, _ = common.parse_arg(arg)
+  return common.finalize(demo_config(task), arg)
+
+
+def demo_config(task: str):
+  """The demo's settings before the command line's overrides."""
   config = common.get_base_config("synthetic", task)
   config.data.num_classes = 21
   config.data.image_size = 128
@@ -40,4 +45,4 @@ def get_config(arg: str = "15-1"):
   config.optim.epochs_incremental = 10
   config.log_every = 25
   config.checkpoint_every = 100
-  return common.finalize(config, arg)
+  return config

@@ -7,7 +7,9 @@ Work-dir layout of one run::
   <workdir>/results.csv, summary.json    per-step results
   <workdir>/step_<t>/checkpoints/<it>/   train state + grain iterator state (exact resume)
   <workdir>/step_<t>/export/             params + batch stats at the end of step t
+  <workdir>/step_<t>/prototypes.npz      GSC's class prototypes at the end of step t
   <workdir>/step_<t>/export_meta.json    written last: the export is complete
+  <workdir>/step_<t>/entropy_thresholds.json  PLOP's thresholds used while training step t
   <workdir>/step_<t>/metrics.json        evaluation after step t: the step is finished
 """
 
@@ -24,7 +26,7 @@ def step_dir(workdir: str, step: int) -> str:
   return os.path.join(os.path.abspath(workdir), f"step_{step}")
 
 
-def _write_json(path: str, data) -> None:
+def write_json(path: str, data) -> None:
   """Writes JSON atomically from process 0, so a kill never leaves half a file."""
   if jax.process_index() != 0:
     return
@@ -74,7 +76,32 @@ def save_export(workdir: str, step: int, variables, meta: dict) -> None:
   path = os.path.join(step_dir(workdir, step), "export")
   checkpointer.save(path, variables, force=True)
   checkpointer.wait_until_finished()
-  _write_json(os.path.join(step_dir(workdir, step), "export_meta.json"), meta)
+  write_json(os.path.join(step_dir(workdir, step), "export_meta.json"), meta)
+
+
+PROTOTYPES_FILE = "prototypes.npz"
+
+
+def save_prototypes(workdir: str, step: int, prototypes: np.ndarray, seen: np.ndarray) -> None:
+  """Saves the [K, C] prototypes and their [K] ``seen`` flags next to the step's export
+  (before ``export_meta.json``, so a complete export always has them)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(step_dir(workdir, step), exist_ok=True)
+  path = os.path.join(step_dir(workdir, step), PROTOTYPES_FILE)
+  with open(path + ".tmp", "wb") as f:
+    np.savez(f, prototypes=prototypes, seen=seen)
+  os.replace(path + ".tmp", path)
+
+
+def load_prototypes(workdir: str, step: int) -> tuple[np.ndarray, np.ndarray]:
+  path = os.path.join(step_dir(workdir, step), PROTOTYPES_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{path} is missing: GSC's prototypical re-labelling needs the prototypes of step "
+        f"{step}; re-run that step with gsc.prototypes=true (step 0 always saves them)")
+  with np.load(path) as data:
+    return data["prototypes"], data["seen"]
 
 
 def load_export(workdir: str, step: int, abstract_variables):
@@ -106,4 +133,4 @@ def metrics_path(workdir: str, step: int) -> str:
 
 
 def save_step_metrics(workdir: str, step: int, summary: dict) -> None:
-  _write_json(metrics_path(workdir, step), summary)
+  write_json(metrics_path(workdir, step), summary)

@@ -74,3 +74,132 @@ def unbiased_distillation(logits, teacher_logits, alpha=1.0):
   per_pixel = (teacher_probabilities[..., 0] * background_log_probability
                + jnp.sum(teacher_probabilities[..., 1:] * old_log_probabilities, axis=-1))
   return -jnp.mean(per_pixel / num_old_classes)
+
+
+def weighted_cross_entropy(logits, labels, image_weights):
+  """PLOP's classification loss: per pixel ``-nu_b * (z_y - logsumexp_c z_c)``, where
+  ``nu_b`` [B] is the image's adaptive factor; mean over all pixels (ignored ones give 0)."""
+  log_probabilities = jax.nn.log_softmax(logits, axis=-1)
+  per_pixel = -_pick(log_probabilities, labels) * image_weights[:, None, None]
+  return _mean_over_pixels(per_pixel, labels)
+
+
+# --- PLOP: Local POD (ALGORITHM.md 4) ------------------------------------------------------
+
+def local_pod_embedding(features, scales=(1, 2, 4)):
+  """Local POD embedding of one [B, h, w, C] tensor -> [B, D].
+
+  The tensor is squared elementwise. At scale s the map is cut into s x s tiles of
+  ``(h // s) x (w // s)`` pixels; each tile gives its mean over width (a C x h/s profile)
+  and its mean over height (a C x w/s profile). Every profile of every tile and scale is
+  flattened and concatenated.
+  """
+  squared = jnp.square(features)
+  batch, height, width, _ = squared.shape
+  pieces = []
+  for scale in scales:
+    tile_height, tile_width = height // scale, width // scale
+    for i in range(scale):
+      for j in range(scale):
+        tile = squared[:, i * tile_height:(i + 1) * tile_height,
+                       j * tile_width:(j + 1) * tile_width]
+        pieces.append(jnp.mean(tile, axis=2).reshape(batch, -1))  # width pooled: C x h
+        pieces.append(jnp.mean(tile, axis=1).reshape(batch, -1))  # height pooled: C x w
+  return jnp.concatenate(pieces, axis=-1)
+
+
+def local_pod_distance(features, teacher_features, scales=(1, 2, 4)):
+  """``mean_b || embed(features_b) - embed(teacher_features_b) ||_2`` (norm not squared)."""
+  difference = local_pod_embedding(features, scales) - local_pod_embedding(teacher_features,
+                                                                           scales)
+  return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(difference), axis=-1)))
+
+
+def logits_in_old_space(logits, num_old_classes):
+  """[..., K] logits -> [..., K_old]: channel 0 becomes ``z_0 + sum_{c >= K_old} z_c`` (the
+  new classes were background for the teacher); channels 1..K_old-1 are unchanged."""
+  background = logits[..., :1] + jnp.sum(logits[..., num_old_classes:], axis=-1, keepdims=True)
+  return jnp.concatenate([background, logits[..., 1:num_old_classes]], axis=-1)
+
+
+def local_pod(outputs, teacher_outputs, num_old_classes, num_new_classes,
+              feature_weight=0.01, logits_weight=0.0005, scales=(1, 2, 4)):
+  """PLOP's Local POD over six tensors (ALGORITHM.md 4).
+
+  ``(1/6) * sqrt(K / N) * [ sum_{f in 4 stages + head} feature_weight * d(f)
+                            + logits_weight * d(logits_low in the old space) ]``
+  with ``d`` = ``local_pod_distance``, K = all classes now, N = the step's new classes.
+  The stage tensors are the pre-activation outputs of each stage's last block.
+  """
+  tensors = list(zip(outputs["stages"], teacher_outputs["stages"]))
+  tensors.append((outputs["head"], teacher_outputs["head"]))
+  total = sum(feature_weight * local_pod_distance(student, teacher, scales)
+              for student, teacher in tensors)
+  student_logits = logits_in_old_space(outputs["logits_low"], num_old_classes)
+  total += logits_weight * local_pod_distance(student_logits, teacher_outputs["logits_low"],
+                                              scales)
+  num_classes = num_old_classes + num_new_classes
+  return total * jnp.sqrt(num_classes / num_new_classes) / (len(tensors) + 1)
+
+
+# --- GSC: soft-sharp semantic relation distillation (ALGORITHM.md 5.2) ---------------------
+
+def soft_label_loss(logits, labels, teacher_logits):
+  """Soft-label cross-entropy (FISS form).
+
+  Per pixel, ``v = one_hot(y)`` over K channels with its first K_old entries replaced by
+  ``sigmoid(z_old)``; the soft label is ``softmax(v)``; the loss is
+  ``-(1/K) * sum_c softmax(v)_c * log_softmax(z)_c``. Mean over all pixels; pixels
+  labelled 255 contribute 0.
+  """
+  num_classes = logits.shape[-1]
+  num_old_classes = teacher_logits.shape[-1]
+  one_hot = jax.nn.one_hot(jnp.where(labels == IGNORE_LABEL, -1, labels), num_classes)
+  targets = one_hot.at[..., :num_old_classes].set(jax.nn.sigmoid(teacher_logits))
+  soft_labels = jax.nn.softmax(targets, axis=-1)
+  per_pixel = -jnp.mean(soft_labels * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+  return _mean_over_pixels(per_pixel, labels)
+
+
+def sharpening_loss(logits):
+  """Entropy minimisation: per pixel ``-(1/K) * sum_c p_c log p_c`` with ``p = softmax(z)``;
+  mean over all pixels. Minimising it sharpens the student's predictions."""
+  log_probabilities = jax.nn.log_softmax(logits, axis=-1)
+  return jnp.mean(-jnp.mean(jnp.exp(log_probabilities) * log_probabilities, axis=-1))
+
+
+def class_relation_loss(logits, labels, teacher_logits, class_weights):
+  """Class relation consistency (L1), over the old classes c < K_old.
+
+  Student: ``a_c`` = mean of ``max_k p_k`` over the pixels the student predicts as c.
+  Teacher: ``b_c`` = mean of the teacher's ``max_k q_k`` over the pixels (pseudo-)labelled c.
+  Loss = ``sum_c w_c |a_c - b_c| / #{c present on both sides}`` with ``w_c``
+  (``class_weights`` [K_old]) the class's mean compensation weight. Means are over the
+  whole (global) batch; a class missing on either side is left out.
+  """
+  num_old_classes = teacher_logits.shape[-1]
+  probabilities = jax.nn.softmax(logits, axis=-1)
+  predicted = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
+  student_confidence = jnp.max(probabilities, axis=-1)
+  teacher_confidence = jnp.max(jax.nn.softmax(teacher_logits, axis=-1), axis=-1)
+  classes = jnp.arange(num_old_classes)
+  predicted_as = (predicted[..., None] == classes).astype(logits.dtype)  # [B, H, W, K_old]
+  labelled_as = (labels[..., None] == classes).astype(logits.dtype)
+  axes = (0, 1, 2)
+  student_count = jnp.sum(predicted_as, axis=axes)
+  teacher_count = jnp.sum(labelled_as, axis=axes)
+  student_mean = (jnp.sum(predicted_as * student_confidence[..., None], axis=axes)
+                  / jnp.maximum(student_count, 1.0))
+  teacher_mean = (jnp.sum(labelled_as * teacher_confidence[..., None], axis=axes)
+                  / jnp.maximum(teacher_count, 1.0))
+  present = (student_count > 0) & (teacher_count > 0)
+  differences = jnp.where(present, class_weights * jnp.abs(student_mean - teacher_mean), 0.0)
+  return jnp.sum(differences) / jnp.maximum(jnp.sum(present), 1)
+
+
+def temperature_distillation(logits, teacher_logits, soft_temperature, sharp_temperature):
+  """Variant of 5.2: unbiased distillation (MiB's background merging) at a soft and a sharp
+  temperature, ``unkd(z / T_soft, z_old / T_soft) + unkd(z / T_sharp, z_old / T_sharp)``."""
+  return (unbiased_distillation(logits / soft_temperature, teacher_logits / soft_temperature)
+          + unbiased_distillation(logits / sharp_temperature,
+                                  teacher_logits / sharp_temperature))

@@ -29,8 +29,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 from gsc_jax import checkpoint
+from gsc_jax import compensation
 from gsc_jax import methods
 from gsc_jax import metrics
+from gsc_jax import pseudo_labels
 from gsc_jax import tasks
 from gsc_jax.data import pipeline
 from gsc_jax.models import deeplab
@@ -102,26 +104,54 @@ def dummy_images(config):
 
 # --- the train step ------------------------------------------------------------------------
 
-def make_train_step(model, teacher_model, optimizer, loss_config, num_old_classes):
-  """Builds the pure train step of one incremental step.
+def create_train_state(variables, optimizer, compensator=None) -> dict:
+  """Iteration, parameters, batch statistics, optimiser state and, with GSC's compensation,
+  its state (the group means): everything a checkpoint must hold to resume exactly."""
+  state = {"iteration": jnp.zeros((), jnp.int32), "params": variables["params"],
+           "batch_stats": variables["batch_stats"],
+           "opt_state": optimizer.init(variables["params"])}
+  if compensator is not None:
+    state["compensation"] = compensator.init(None)
+  return state
 
-  ``train_step(state, teacher_variables, batch) -> (state, scalars)``. The forward pass is
-  pulled back explicitly: ``jax.vjp`` of the model gives the outputs and a pullback; the
-  loss terms are differentiated with respect to the OUTPUTS (logits, features), and the
-  summed output cotangents are pulled back into the parameters. The teacher variables are a
-  frozen argument: the teacher runs in inference mode and is never differentiated.
+
+def make_train_step(model, teacher_model, optimizer, config, classes_per_step):
+  """Builds the pure train step of one incremental step (docs/gsc_step.md walks through it).
+
+  ``train_step(state, frozen, batch) -> (state, scalars)``. ``frozen`` holds what the step
+  reads but never changes: the teacher's variables (run in inference mode, never
+  differentiated), PLOP's entropy thresholds and GSC's prototypes.
+
+  1. teacher forward; the targets: pseudo-labels and per-image nu (methods.training_targets);
+  2. ``jax.vjp`` of the model gives the outputs and a pullback into the parameters;
+  3. the cross-entropy's gradient with respect to the LOGITS, explicitly; with GSC, the
+     compensation transform (an optax GradientTransformation) rescales it per pixel;
+  4. every other term (distillation, POD, relation) is differentiated with respect to the
+     outputs it reads; its cotangents are added to the cross-entropy's;
+  5. one pullback of the summed cotangents gives the parameter gradients; SGD updates.
   """
+  num_classes = sum(classes_per_step)
+  num_new_classes = classes_per_step[-1]
+  num_old_classes = num_classes - num_new_classes if teacher_model is not None else 0
+  compensator = compensation_weights = None
+  if teacher_model is not None and config.gsc.compensation:
+    if config.loss.ce != "plain":
+      raise ValueError("gsc.compensation scales the gradients of the plain cross-entropy on "
+                       f"the (pseudo-)labels; it cannot be used with loss.ce={config.loss.ce}")
+    groups, is_current_group = compensation.group_of_channel(classes_per_step,
+                                                             config.gsc.groups)
+    exponent = num_old_classes / num_classes if config.gsc.use_exponent else 1.0
+    compensator, compensation_weights = compensation.gradient_compensation(
+        groups, is_current_group, exponent, config.gsc.ema_decay)
 
-  def total_loss(outputs, labels, teacher_outputs):
-    terms = methods.loss_terms(outputs, labels, teacher_outputs, loss_config, num_old_classes)
-    return sum(terms.values()), terms
-
-  def train_step(state, teacher_variables, batch):
+  def train_step(state, frozen, batch):
     images, labels = batch["image"], batch["label"].astype(jnp.int32)
     teacher_outputs = None
     if teacher_model is not None:
       teacher_outputs = jax.lax.stop_gradient(
-          teacher_model.apply(teacher_variables, images, train=False))
+          teacher_model.apply(frozen["teacher"], images, train=False))
+    targets, nu = methods.training_targets(labels, teacher_outputs, frozen, config,
+                                           num_classes)
 
     def forward(params):
       outputs, updated = model.apply(
@@ -130,19 +160,38 @@ def make_train_step(model, teacher_model, optimizer, loss_config, num_old_classe
       return outputs, updated["batch_stats"]
 
     outputs, pullback, batch_stats = jax.vjp(forward, state["params"], has_aux=True)
-    (loss, terms), output_cotangents = jax.value_and_grad(total_loss, has_aux=True)(
-        outputs, labels, teacher_outputs)
-    (param_gradients,) = pullback(output_cotangents)
-    updates, opt_state = optimizer.update(param_gradients, state["opt_state"], state["params"])
-    new_state = {
-        "iteration": state["iteration"] + 1,
-        "params": optax.apply_updates(state["params"], updates),
-        "batch_stats": batch_stats,
-        "opt_state": opt_state,
-    }
-    return new_state, {"loss": loss, **terms}
+    ce_loss, ce_logit_gradients = jax.value_and_grad(methods.classification_loss)(
+        outputs["logits"], targets, nu, config.loss, num_old_classes)
+    new_state = dict(state)
+    class_weights = jnp.ones(num_old_classes, jnp.float32)
+    if compensator is not None:
+      probabilities = compensation.class_probabilities(
+          jax.lax.stop_gradient(outputs["logits"]), config.gsc.magnitude)
+      ce_logit_gradients, new_state["compensation"] = compensator.update(
+          ce_logit_gradients, state["compensation"], targets=targets,
+          probabilities=probabilities)
+      class_weights = methods.mean_weight_per_class(
+          targets, compensation_weights(new_state["compensation"], targets, probabilities),
+          num_old_classes)
 
-  return train_step
+    def other_terms(outputs):
+      terms = methods.distillation_terms(outputs, targets, teacher_outputs, class_weights,
+                                         config, num_old_classes, num_new_classes)
+      return sum(terms.values(), jnp.zeros(())), terms
+
+    (other_loss, terms), cotangents = jax.value_and_grad(other_terms, has_aux=True)(outputs)
+    cotangents["logits"] = cotangents["logits"] + ce_logit_gradients
+    (param_gradients,) = pullback(cotangents)
+    updates, opt_state = optimizer.update(param_gradients, state["opt_state"], state["params"])
+    new_state.update(iteration=state["iteration"] + 1,
+                     params=optax.apply_updates(state["params"], updates),
+                     batch_stats=batch_stats, opt_state=opt_state)
+    scalars = {"loss": ce_loss + other_loss, "ce": ce_loss, **terms}
+    if teacher_model is not None and methods.uses_pseudo_labels(config):
+      scalars["nu"] = jnp.mean(nu)
+    return new_state, scalars
+
+  return train_step, compensator
 
 
 # --- evaluation ----------------------------------------------------------------------------
@@ -231,19 +280,26 @@ class Run:
     log(f"step {step}: classes {list(task.steps[step])}, {len(indices)} training images, "
         f"{max_iterations} iterations ({epochs} epochs), lr {base_lr}, K_old={num_old}")
 
-    model = make_model(config, tasks.classes_per_step(task, step))
-    teacher_model = teacher_variables = None
+    classes_per_step = tasks.classes_per_step(task, step)
+    model = make_model(config, classes_per_step)
+    teacher_model, frozen = None, {}
     if step > 0:
       teacher_model = make_model(config, tasks.classes_per_step(task, step - 1))
-      teacher_variables, _ = checkpoint.load_export(
+      frozen["teacher"], _ = checkpoint.load_export(
           self.workdir, step - 1, self.abstract_variables(teacher_model))
+      if config.pseudo.entropy:
+        frozen["thresholds"] = self.replicate(
+            self.entropy_thresholds(step, teacher_model, frozen["teacher"]))
+      if config.gsc.prototypes:
+        prototypes, seen = checkpoint.load_prototypes(self.workdir, step - 1)
+        frozen["prototypes"] = self.replicate(prototypes)
+        frozen["prototype_seen"] = self.replicate(seen)
     optimizer, schedule = make_optimizer(config.optim, base_lr, max_iterations)
+    train_step, compensator = make_train_step(model, teacher_model, optimizer, config,
+                                              classes_per_step)
 
-    def create_state(variables):
-      return {"iteration": jnp.zeros((), jnp.int32), "params": variables["params"],
-              "batch_stats": variables["batch_stats"],
-              "opt_state": optimizer.init(variables["params"])}
-
+    create_state = functools.partial(create_train_state, optimizer=optimizer,
+                                     compensator=compensator)
     label_lut = tasks.train_label_lut(task, step, config.data.void_to_background)
     dataset = pipeline.train_dataset(config, self.train_source, indices, label_lut,
                                      seed=config.seed * 1000 + step,
@@ -257,17 +313,15 @@ class Run:
       state = checkpoint.restore_train_state(manager, abstract_state, data_iterator)
       log(f"step {step}: resumed from iteration {manager.latest_step()}")
     else:
-      variables = self.initial_variables(step, model, teacher_model, teacher_variables)
+      variables = self.initial_variables(step, model, teacher_model, frozen.get("teacher"))
       state = jax.jit(create_state, out_shardings=replicated(self.mesh))(variables)
 
-    train_step = jax.jit(
-        make_train_step(model, teacher_model, optimizer, config.loss, num_old),
-        donate_argnums=(0,))
+    train_step = jax.jit(train_step, donate_argnums=(0,))
     iteration = int(jax.device_get(state["iteration"]))
     interval_start, interval_iterations = time.time(), 0
     while iteration < max_iterations:
       batch = to_global_batch(next(data_iterator), self.mesh)
-      state, scalars = train_step(state, teacher_variables, batch)
+      state, scalars = train_step(state, frozen, batch)
       iteration += 1
       interval_iterations += 1
       self.iterations_this_run += 1
@@ -281,8 +335,12 @@ class Run:
         lr = float(schedule(iteration - 1))
         log(f"step {step} it {iteration}/{max_iterations} loss {scalars['loss']:.4f} "
             f"({terms}) lr {lr:.5f} {images_per_second:.1f} img/s ETA {_format_duration(eta)}")
-        append_jsonl(self.workdir, {"step": step, "iteration": iteration, "lr": lr,
-                                    "images_per_second": images_per_second, **scalars})
+        record = {"step": step, "iteration": iteration, "lr": lr,
+                  "images_per_second": images_per_second, **scalars}
+        if "compensation" in state:  # GSC's group means m_k (5.1), for analysis
+          record["group_means"] = np.asarray(
+              jax.device_get(state["compensation"].group_means)).tolist()
+        append_jsonl(self.workdir, record)
         interval_start, interval_iterations = time.time(), 0
       if iteration % config.checkpoint_every == 0 and iteration < max_iterations:
         checkpoint.save_train_state(manager, iteration, state, data_iterator)
@@ -292,8 +350,104 @@ class Run:
                              f"(stop_after_iterations) at step {step} iteration {iteration}")
     manager.wait_until_finished()
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    if step == 0 or config.gsc.prototypes:  # step 0's are kept for any later GSC run
+      prototypes, seen = self.prototypes(step, model, variables, teacher_model, frozen)
+      checkpoint.save_prototypes(self.workdir, step, prototypes, seen)
     checkpoint.save_export(self.workdir, step, variables, self.export_meta(step))
     return model, variables
+
+  def replicate(self, array):
+    return jax.device_put(jnp.asarray(array), replicated(self.mesh))
+
+  def step_pass(self, step: int):
+    """One deterministic pass over step ``step``'s training images with its train labels
+    (evaluation preprocessing, padded with ignored images): for thresholds, prototypes."""
+    task = self.task
+    indices = pipeline.train_indices(self.train_classes, task, step, self.config.overlap)
+    label_lut = tasks.train_label_lut(task, step, self.config.data.void_to_background)
+    dataset, num_batches = pipeline.eval_dataset(
+        self.config, self.train_source, indices, label_lut, jax.process_index(),
+        jax.process_count())
+    iterator = iter(dataset)
+    for _ in range(num_batches):
+      yield to_global_batch(next(iterator), self.mesh)
+
+  def entropy_thresholds(self, step: int, teacher_model, teacher_variables) -> np.ndarray:
+    """PLOP's per-old-class entropy thresholds from one teacher pass over the step's
+    training data, before training (ALGORITHM.md 4); saved in the step dir and reused."""
+    path = os.path.join(checkpoint.step_dir(self.workdir, step), "entropy_thresholds.json")
+    if os.path.exists(path):
+      return np.asarray(checkpoint.read_json(path)["thresholds"], np.float32)
+    config = self.config
+    num_classes = sum(tasks.classes_per_step(self.task, step))
+    num_old = tasks.num_old_classes(self.task, step)
+    mode = config.pseudo.thresholds
+    if mode not in ("histogram", "median"):
+      raise ValueError(f"unknown pseudo.thresholds {mode!r}; valid: histogram, median")
+
+    @jax.jit
+    def teacher_pass(variables, batch):
+      logits = teacher_model.apply(variables, batch["image"], train=False)["logits"]
+      labels = batch["label"].astype(jnp.int32)
+      if mode == "histogram":
+        return pseudo_labels.entropy_histogram(labels, logits, num_classes)
+      return (pseudo_labels.normalized_entropy(logits, num_classes),
+              jnp.argmax(logits, axis=-1), labels == 0)
+
+    start = time.time()
+    histogram = np.zeros((num_old, pseudo_labels.ENTROPY_BINS), np.int64)
+    entropies, argmaxes = [], []
+    for batch in self.step_pass(step):
+      result = teacher_pass(teacher_variables, batch)
+      if mode == "histogram":
+        histogram += np.asarray(jax.device_get(result), np.int64)
+      else:
+        entropy, argmax, background = (
+            multihost_utils.process_allgather(x, tiled=True) for x in result)
+        entropies.append(entropy[background])
+        argmaxes.append(argmax[background])
+    if mode == "histogram":
+      thresholds = pseudo_labels.histogram_thresholds(histogram, config.pseudo.threshold_floor)
+    else:
+      thresholds = pseudo_labels.median_thresholds(
+          np.concatenate(entropies), np.concatenate(argmaxes), num_old,
+          config.pseudo.threshold_floor)
+    log(f"step {step}: entropy thresholds ({mode}) in {time.time() - start:.1f} s: "
+        f"{np.array2string(thresholds, precision=4)}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    checkpoint.write_json(path, {"mode": mode, "thresholds": thresholds.tolist()})
+    return thresholds
+
+  def prototypes(self, step: int, model, variables, teacher_model, frozen):
+    """GSC's prototypes at the end of step ``step`` (ALGORITHM.md 5.3): per class, the mean
+    head feature of its pixels over the step's training data (ground truth for the step's
+    classes, the training targets for old ones, background included); classes absent from
+    the step keep their previous prototype."""
+    config = self.config
+    num_classes = sum(tasks.classes_per_step(self.task, step))
+
+    @jax.jit
+    def prototype_pass(variables, frozen, batch):
+      labels = batch["label"].astype(jnp.int32)
+      teacher_outputs = None
+      if teacher_model is not None and methods.uses_pseudo_labels(config):
+        teacher_outputs = teacher_model.apply(frozen["teacher"], batch["image"], train=False)
+      targets, _ = methods.training_targets(labels, teacher_outputs, frozen, config,
+                                            num_classes)
+      head = model.apply(variables, batch["image"], train=False)["head"]
+      return pseudo_labels.prototype_sums(head, targets, num_classes)
+
+    start = time.time()
+    sums = counts = 0.0
+    for batch in self.step_pass(step):
+      batch_sums, batch_counts = jax.device_get(prototype_pass(variables, frozen, batch))
+      sums = sums + np.asarray(batch_sums, np.float64)
+      counts = counts + np.asarray(batch_counts, np.float64)
+    previous = checkpoint.load_prototypes(self.workdir, step - 1) if step > 0 else (None, None)
+    prototypes, seen = pseudo_labels.updated_prototypes(*previous, sums, counts)
+    log(f"step {step}: prototypes of {int(np.sum(counts > 0))} classes in "
+        f"{time.time() - start:.1f} s")
+    return prototypes.astype(np.float32), seen
 
   def export_meta(self, step: int) -> dict:
     model = self.config.model
@@ -360,7 +514,7 @@ def _reuse_step0(run: Run, other_workdir: str) -> None:
   if jax.process_index() == 0:
     source, target = checkpoint.step_dir(other_workdir, 0), checkpoint.step_dir(run.workdir, 0)
     os.makedirs(target, exist_ok=True)
-    for name in ("export", "export_meta.json", "metrics.json"):
+    for name in ("export", "export_meta.json", "metrics.json", checkpoint.PROTOTYPES_FILE):
       path = os.path.join(source, name)
       if os.path.isdir(path):
         shutil.copytree(path, os.path.join(target, name), dirs_exist_ok=True)

@@ -65,9 +65,29 @@ def test_ft_preset():
       "plain", 0.0, "random")
 
 
+def test_plop_and_gsc_presets_and_switching_one_gsc_part_off():
+  plop = synthetic.get_config("15-1,method=plop")
+  methods.resolve_preset(plop)
+  assert (plop.loss.ce, plop.loss.pod_weight, plop.loss.pod_logits_weight) == ("plain", 0.01, 0.0005)
+  assert plop.pseudo.entropy and plop.model.new_classifier_init == "mib"
+  assert not (plop.gsc.compensation or plop.gsc.relation or plop.gsc.prototypes)
+  gsc = synthetic.get_config("15-1,method=gsc,gsc.prototypes=false")
+  methods.resolve_preset(gsc)
+  assert gsc.gsc.compensation and gsc.gsc.relation and gsc.gsc.prototypes is False
+  assert gsc.pseudo.entropy and gsc.loss.pod_weight == 0.01
+  mib = synthetic.get_config("15-1,method=mib")
+  methods.resolve_preset(mib)
+  assert mib.loss.pod_weight == 0.0 and not mib.pseudo.entropy and not mib.gsc.compensation
+
+
+def test_unknown_gsc_key_lists_valid_keys():
+  with pytest.raises(ValueError, match=r"unknown config key 'gsc.theeta'.*gsc.theta"):
+    synthetic.get_config("15-1,gsc.theeta=0.3")
+
+
 def test_unknown_method():
   config = synthetic.get_config("15-1,method=magic")
-  with pytest.raises(ValueError, match="valid methods: ft, mib"):
+  with pytest.raises(ValueError, match="valid methods: ft, gsc, mib, plop"):
     methods.resolve_preset(config)
 
 

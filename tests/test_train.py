@@ -121,3 +121,61 @@ def test_step_trained_but_not_evaluated_is_only_evaluated(finished_run, tmp_path
   assert "step 1: trained earlier, evaluating its export" in output
   assert " it " not in output.split("step 1: trained earlier")[1]  # no training iterations
   assert summaries == reference
+
+
+def read_step_file(workdir, step, name):
+  return os.path.join(checkpoint.step_dir(str(workdir), step), name)
+
+
+@pytest.fixture(scope="module")
+def gsc_run(finished_run, tmp_path_factory):
+  """GSC's step 1 on the MiB run's step 0 (which, like every step 0, saved prototypes)."""
+  reference_dir, _ = finished_run
+  workdir = tmp_path_factory.mktemp("gsc")
+  summaries = run(workdir, f",method=gsc,init_step0_from={reference_dir}")
+  return workdir, summaries
+
+
+def test_gsc_step_saves_thresholds_prototypes_and_group_means(gsc_run):
+  workdir, summaries = gsc_run
+  assert summaries[1]["new"] is not None
+  thresholds = checkpoint.read_json(read_step_file(workdir, 1, "entropy_thresholds.json"))
+  assert thresholds["mode"] == "histogram" and len(thresholds["thresholds"]) == 4
+  assert min(thresholds["thresholds"]) >= 0.001  # PLOP's floor
+  for step, num_classes in ((0, 4), (1, 5)):
+    prototypes, seen = checkpoint.load_prototypes(str(workdir), step)
+    assert prototypes.shape == (num_classes, 16) and seen.shape == (num_classes,)
+    assert seen[0] and np.all(np.isfinite(prototypes))
+  log_lines = [json.loads(line) for line in open(workdir / "log.jsonl")]
+  step1 = [line for line in log_lines if line.get("step") == 1 and "loss" in line]
+  assert step1 and {"ce", "pod", "soft_label", "sharpening", "relation", "nu"} <= set(step1[0])
+  assert len(step1[0]["group_means"]) == 2  # groups: step 0 and step 1
+
+
+def test_gsc_resume_is_bitwise_identical(finished_run, gsc_run, tmp_path):
+  """The compensation state, thresholds and prototypes survive an interruption in step 1."""
+  reference_dir, _ = finished_run
+  gsc_dir, reference = gsc_run
+  workdir = tmp_path / "interrupted"
+  arguments = f",method=gsc,init_step0_from={reference_dir}"
+  with pytest.raises(train.InterruptedRun):
+    run(workdir, arguments + ",stop_after_iterations=3")
+  summaries = run(workdir, arguments)
+  for a, b in zip(jax.tree.leaves(read_export(workdir, 1)), jax.tree.leaves(read_export(gsc_dir, 1))):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(checkpoint.load_prototypes(str(workdir), 1)[0],
+                                checkpoint.load_prototypes(str(gsc_dir), 1)[0])
+  assert summaries == reference
+
+
+def test_plop_exact_median_thresholds(finished_run, tmp_path):
+  reference_dir, _ = finished_run
+  workdir = tmp_path / "plop"
+  summaries = run(workdir, f",method=plop,pseudo.thresholds=median,init_step0_from={reference_dir}")
+  thresholds = checkpoint.read_json(read_step_file(workdir, 1, "entropy_thresholds.json"))
+  assert thresholds["mode"] == "median"
+  # Exact medians of the normalised entropies: within [floor, 1 / (K_old log K)].
+  bound = 1 / (4 * np.log(5))
+  assert all(0.001 <= value <= bound + 1e-6 for value in thresholds["thresholds"])
+  assert summaries[1]["step"] == 1
+  assert not os.path.exists(read_step_file(workdir, 1, checkpoint.PROTOTYPES_FILE))

@@ -1,0 +1,184 @@
+"""Runs a benchmark config's grid of (task, method, seed) and writes its markdown table.
+
+  python -m gsc_jax.benchmark --benchmark=configs/synthetic_benchmark.py --workdir=runs/benchmark
+
+The config module provides ``get_config(arg)``, ``SEEDS``, ``STEP0_METHOD`` and ``RUNS``
+(per task, the table rows: a name and the config overrides). Step 0 of every (task, seed)
+is trained once with ``STEP0_METHOD`` and reused by every row (``init_step0_from``); the
+offline task is a single step and is run as is. Runs go one after another in this process;
+a finished run is skipped, so the same command resumes an interrupted benchmark (an
+interrupted run resumes from its last checkpoint). Compiled programs are cached on disk
+in ``<workdir>/compilation_cache`` so that later seeds skip XLA compilation.
+
+Output: ``<workdir>/benchmark.md`` and, with ``--docs``, the same table in
+``docs/benchmark.md`` and between the benchmark markers of ``README.md``.
+"""
+
+import importlib.util
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import numpy as np
+
+from gsc_jax import checkpoint
+from gsc_jax import main as gsc_main
+from gsc_jax import train
+
+_BENCHMARK = flags.DEFINE_string(
+    "benchmark", "configs/synthetic_benchmark.py",
+    "benchmark config module (get_config, SEEDS, STEP0_METHOD, RUNS)")
+# --workdir (defined by gsc_jax.main) is where every run's work dir goes.
+_SEEDS = flags.DEFINE_list("seeds", None, "override the config's SEEDS (e.g. for tuning)")
+_DOCS = flags.DEFINE_bool("docs", False, "also write docs/benchmark.md and the README table")
+
+README_START = "<!-- benchmark table start -->"
+README_END = "<!-- benchmark table end -->"
+
+
+def load_module(path: str):
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"benchmark config {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location("benchmark_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for name in ("get_config", "SEEDS", "STEP0_METHOD", "RUNS"):
+    if not hasattr(module, name):
+      raise ValueError(f"benchmark config {path!r} has no {name}")
+  return module
+
+
+def run_name(row_name: str) -> str:
+  return "".join(c if c.isalnum() else "_" for c in row_name.lower()).strip("_")
+
+
+def timed_run(config, workdir: str) -> tuple[dict, float]:
+  """Trains and evaluates one config (resuming); returns its summary and its wall time in
+  seconds, accumulated over restarts. A finished run is only read back."""
+  timing_path = os.path.join(workdir, "wall_time.json")
+  timing = {"seconds": 0.0, "finished": False}
+  if os.path.exists(timing_path):
+    timing = checkpoint.read_json(timing_path)
+  if not timing["finished"]:
+    start = time.time()
+    try:
+      train.train_and_evaluate(config, gsc_main.prepare(config, workdir))
+      timing["finished"] = True
+    finally:
+      timing["seconds"] += time.time() - start
+      os.makedirs(workdir, exist_ok=True)
+      checkpoint.write_json(timing_path, timing)
+  return checkpoint.read_json(os.path.join(workdir, "summary.json")), timing["seconds"]
+
+
+def plan(module, seeds) -> list[tuple]:
+  """Every run in order: (task, row name or None for a shared step 0, seed, config
+  argument, work dir relative to the benchmark's, shared step-0 work dir or None)."""
+  runs = []
+  for seed in seeds:
+    for task, rows in module.RUNS.items():
+      step0 = None
+      if task != "offline":
+        step0 = f"{task}/seed{seed}/step0"
+        runs.append((task, None, seed,
+                     f"{task},method={module.STEP0_METHOD},seed={seed},last_step=0", step0,
+                     None))
+      for row_name, overrides in rows:
+        runs.append((task, row_name, seed, f"{task},{overrides},seed={seed}",
+                     f"{task}/seed{seed}/{run_name(row_name)}", step0))
+  return runs
+
+
+def _mean_spread(values) -> str:
+  values = [100 * v for v in values if v is not None]
+  if not values:
+    return "-"
+  if len(values) == 1:
+    return f"{values[0]:.1f}"
+  return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
+
+
+def table(module, results: dict, seeds) -> str:
+  """Markdown: per task and row, final old / new / all and avg (mean ± std over seeds),
+  the number of seeds finished, and the mean wall time of the row's run per seed."""
+  lines = []
+  for task, rows in module.RUNS.items():
+    lines += [f"**{task}**", "",
+              "| method | old | new | all | avg | seeds | minutes per seed |",
+              "|---|---|---|---|---|---|---|"]
+    for row_name, _ in rows:
+      finished = [results[(task, row_name, seed)] for seed in seeds
+                  if (task, row_name, seed) in results]
+      minutes = [seconds / 60 for _, seconds in finished]
+      lines.append(
+          f"| {row_name} | {_mean_spread([summary['old'] for summary, _ in finished])} | "
+          f"{_mean_spread([summary['new'] for summary, _ in finished])} | "
+          f"{_mean_spread([summary['all'] for summary, _ in finished])} | "
+          f"{_mean_spread([summary['avg'] for summary, _ in finished])} | "
+          f"{len(finished)}/{len(seeds)} | "
+          f"{np.mean(minutes) if minutes else float('nan'):.1f} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def replace_between_markers(path: str, text: str) -> None:
+  with open(path) as f:
+    content = f.read()
+  if README_START not in content or README_END not in content:
+    raise ValueError(f"{path} lacks the markers {README_START} / {README_END}")
+  head, rest = content.split(README_START, 1)
+  _, tail = rest.split(README_END, 1)
+  with open(path, "w") as f:
+    f.write(f"{head}{README_START}\n{text}\n{README_END}{tail}")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  module = load_module(_BENCHMARK.value)
+  seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else list(module.SEEDS)
+  workdir = os.path.abspath(flags.FLAGS.workdir or "runs/benchmark")
+  jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compilation_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  runs = plan(module, seeds)
+  results, step0_seconds = {}, {}
+  start = time.time()
+  for index, (task, row_name, seed, argument, suffix, step0) in enumerate(runs):
+    label = f"{task} seed {seed} {row_name or 'shared step 0'}"
+    print(f"\n=== [{index + 1}/{len(runs)}] {label} ({(time.time() - start) / 60:.1f} min "
+          "elapsed)", flush=True)
+    if step0 is not None and row_name is not None:
+      argument += f",init_step0_from={os.path.join(workdir, step0)}"
+    config = module.get_config(argument)
+    run_dir = os.path.join(workdir, suffix)
+    summary, seconds = timed_run(config, run_dir)
+    if row_name is None:
+      step0_seconds[(task, seed)] = seconds
+    else:
+      results[(task, row_name, seed)] = (summary, seconds)
+  markdown = table(module, results, seeds)
+  step0_minutes = np.mean(list(step0_seconds.values())) / 60 if step0_seconds else 0.0
+  markdown += (f"\nFinal step mIoU (%), mean ± std over seeds {', '.join(map(str, seeds))}; "
+               f"\"avg\" is the mean over steps of the all-class mIoU. Minutes per seed "
+               f"exclude the shared step 0 ({step0_minutes:.1f} min per task and seed). "
+               f"Whole benchmark: {(time.time() - start) / 60:.0f} min in this invocation.\n")
+  path = os.path.join(workdir, "benchmark.md")
+  with open(path, "w") as f:
+    f.write(markdown)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({f"{t}|{r}|{s}": {"summary": v[0], "seconds": v[1]}
+               for (t, r, s), v in results.items()}, f, indent=1)
+  print("\n" + markdown)
+  print(f"wrote {path}")
+  if _DOCS.value:
+    replace_between_markers("docs/benchmark.md", markdown)
+    replace_between_markers("README.md", markdown)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,50 @@
+"""The benchmark runner's plan, table and README update (no training: see test_train.py)."""
+
+import types
+
+import pytest
+
+from gsc_jax import benchmark
+
+MODULE = types.SimpleNamespace(
+    SEEDS=(0, 1), STEP0_METHOD="ft",
+    RUNS={"15-1": (("FT", "method=ft"), ("GSC w/o prototypes", "method=gsc,gsc.prototypes=false")),
+          "offline": (("Joint (offline)", "method=ft"),)})
+
+
+def test_plan_shares_one_step0_per_task_and_seed():
+  runs = benchmark.plan(MODULE, [0, 1])
+  step0_runs = [run for run in runs if run[1] is None]
+  assert [(task, seed) for task, _, seed, *_ in step0_runs] == [("15-1", 0), ("15-1", 1)]
+  assert step0_runs[0][3] == "15-1,method=ft,seed=0,last_step=0"
+  gsc = next(run for run in runs if run[1] == "GSC w/o prototypes" and run[2] == 1)
+  assert gsc[3] == "15-1,method=gsc,gsc.prototypes=false,seed=1"
+  assert gsc[4] == "15-1/seed1/gsc_w_o_prototypes" and gsc[5] == "15-1/seed1/step0"
+  joint = [run for run in runs if run[0] == "offline"]
+  assert len(joint) == 2 and all(run[5] is None for run in joint)
+  # Every step 0 comes before the runs that reuse it.
+  for index, run in enumerate(runs):
+    if run[5] is not None:
+      assert any(other[4] == run[5] for other in runs[:index])
+
+
+def test_table_means_spreads_and_missing_seeds():
+  summary = lambda old, new, all_, avg: {"old": old, "new": new, "all": all_, "avg": avg}
+  results = {("15-1", "FT", 0): (summary(0.1, 0.2, 0.12, 0.3), 60.0),
+             ("15-1", "FT", 1): (summary(0.3, 0.4, 0.32, 0.5), 120.0),
+             ("offline", "Joint (offline)", 0): (summary(0.7, None, 0.7, 0.7), 30.0)}
+  markdown = benchmark.table(MODULE, results, [0, 1])
+  assert "| FT | 20.0 ± 10.0 | 30.0 ± 10.0 | 22.0 ± 10.0 | 40.0 ± 10.0 | 2/2 | 1.5 |" in markdown
+  assert "| GSC w/o prototypes | - | - | - | - | 0/2 | nan |" in markdown
+  assert "| Joint (offline) | 70.0 | - | 70.0 | 70.0 | 1/2 | 0.5 |" in markdown
+
+
+def test_replace_between_markers(tmp_path):
+  path = tmp_path / "README.md"
+  path.write_text(f"intro\n{benchmark.README_START}\nold\n{benchmark.README_END}\nrest\n")
+  benchmark.replace_between_markers(str(path), "new table")
+  assert path.read_text() == (f"intro\n{benchmark.README_START}\nnew table\n"
+                              f"{benchmark.README_END}\nrest\n")
+  path.write_text("no markers")
+  with pytest.raises(ValueError, match="markers"):
+    benchmark.replace_between_markers(str(path), "x")
