@@ -5,6 +5,8 @@ Run (no download needed):
   python -m gsc_jax.main --config=configs/synthetic.py:15-1
   python -m gsc_jax.main --config=configs/synthetic.py:15-1,method=ft
   python -m gsc_jax.main --config=configs/synthetic.py:offline,method=ft   # joint upper bound
+  python -m gsc_jax.main --config=configs/synthetic.py:15-1,method=plop
+  python -m gsc_jax.main --config=configs/synthetic.py:15-1,method=gsc
 
 Every VOC task name works (21 classes by default); ``data.num_classes=151`` gives ADE-sized
 tasks. The images are generated on the fly from (seed, split, index); see

@@ -163,10 +163,12 @@ def main(argv):
       results[(task, row_name, seed)] = (summary, seconds)
   markdown = table(module, results, seeds)
   step0_minutes = np.mean(list(step0_seconds.values())) / 60 if step0_seconds else 0.0
+  total_minutes = (sum(seconds for _, seconds in results.values())
+                   + sum(step0_seconds.values())) / 60
   markdown += (f"\nFinal step mIoU (%), mean ± std over seeds {', '.join(map(str, seeds))}; "
                f"\"avg\" is the mean over steps of the all-class mIoU. Minutes per seed "
                f"exclude the shared step 0 ({step0_minutes:.1f} min per task and seed). "
-               f"Whole benchmark: {(time.time() - start) / 60:.0f} min in this invocation.\n")
+               f"Whole benchmark: {total_minutes:.0f} min of run time.\n")
   path = os.path.join(workdir, "benchmark.md")
   with open(path, "w") as f:
     f.write(markdown)
