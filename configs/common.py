@@ -17,6 +17,8 @@ starts; a value set by the user is never replaced.
 """
 
 import ast
+import importlib.util
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -172,6 +174,17 @@ def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
   config.gsc.theta = 0.5              # minimum corrected score to accept an old class
   config.gsc.relabel_with_entropy = True  # also require PLOP's entropy filter to accept
   return config
+
+
+def load_config_file(path: str):
+  """Imports a config file (e.g. ``configs/synthetic.py``) as a module."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def finalize(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:

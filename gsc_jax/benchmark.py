@@ -14,7 +14,6 @@ Output: ``<workdir>/benchmark.md`` and, with ``--docs``, the same table in
 ``docs/benchmark.md`` and between the benchmark markers of ``README.md``.
 """
 
-import importlib.util
 import json
 import os
 import time
@@ -25,6 +24,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from configs import common
 from gsc_jax import checkpoint
 from gsc_jax import main as gsc_main
 from gsc_jax import train
@@ -41,11 +41,7 @@ README_END = "<!-- benchmark table end -->"
 
 
 def load_module(path: str):
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"benchmark config {path!r} does not exist")
-  spec = importlib.util.spec_from_file_location("benchmark_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = common.load_config_file(path)
   for name in ("get_config", "SEEDS", "STEP0_METHOD", "RUNS"):
     if not hasattr(module, name):
       raise ValueError(f"benchmark config {path!r} has no {name}")
@@ -139,7 +135,10 @@ def replace_between_markers(path: str, text: str) -> None:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  module = load_module(_BENCHMARK.value)
+  try:
+    module = load_module(_BENCHMARK.value)
+  except (FileNotFoundError, ValueError) as error:
+    raise app.UsageError(str(error)) from None
   seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else list(module.SEEDS)
   workdir = os.path.abspath(flags.FLAGS.workdir or "runs/benchmark")
   jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compilation_cache"))

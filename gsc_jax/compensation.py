@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-IGNORE_LABEL = 255
+from gsc_jax.tasks import IGNORE_LABEL
 
 
 def group_of_channel(classes_per_step, grouping: str) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ the channels of the previous steps, background included.
 import jax
 import jax.numpy as jnp
 
-IGNORE_LABEL = 255
+from gsc_jax.tasks import IGNORE_LABEL
 
 
 def _mean_over_pixels(per_pixel_loss, labels):
@@ -21,6 +21,11 @@ def _pick(log_probabilities, labels):
   """log_probabilities[b, h, w, labels[b, h, w]], with ignored labels read as channel 0."""
   safe_labels = jnp.where(labels == IGNORE_LABEL, 0, labels)
   return jnp.take_along_axis(log_probabilities, safe_labels[..., None], axis=-1)[..., 0]
+
+
+def one_hot_targets(labels, num_classes: int):
+  """[B, H, W] labels -> [B, H, W, num_classes] one-hot; ignored pixels give all-zero rows."""
+  return jax.nn.one_hot(jnp.where(labels == IGNORE_LABEL, -1, labels), num_classes)
 
 
 def cross_entropy(logits, labels):
@@ -154,8 +159,7 @@ def soft_label_loss(logits, labels, teacher_logits):
   """
   num_classes = logits.shape[-1]
   num_old_classes = teacher_logits.shape[-1]
-  one_hot = jax.nn.one_hot(jnp.where(labels == IGNORE_LABEL, -1, labels), num_classes)
-  targets = one_hot.at[..., :num_old_classes].set(jax.nn.sigmoid(teacher_logits))
+  targets = one_hot_targets(labels, num_classes).at[..., :num_old_classes].set(jax.nn.sigmoid(teacher_logits))
   soft_labels = jax.nn.softmax(targets, axis=-1)
   per_pixel = -jnp.mean(soft_labels * jax.nn.log_softmax(logits, axis=-1), axis=-1)
   return _mean_over_pixels(per_pixel, labels)

@@ -15,7 +15,6 @@ the config file, the ``,key=value`` argument or a ``--config.x=y`` flag, always 
   ``gsc.relation``, ``gsc.prototypes``).
 """
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -94,8 +93,7 @@ def training_targets(labels, teacher_outputs, frozen, config, num_classes: int):
                         labels)
   if not config.pseudo.adaptive_factor:
     return targets, ones
-  nu = jnp.sum(accepted, axis=(1, 2)) / (jnp.sum(background, axis=(1, 2)) + 1e-6)
-  return targets, nu.astype(jnp.float32)
+  return targets, pseudo_labels.adaptive_factor(accepted, background)
 
 
 def classification_loss(logits, targets, nu, loss_config, num_old_classes: int):
@@ -110,8 +108,7 @@ def classification_loss(logits, targets, nu, loss_config, num_old_classes: int):
 
 def mean_weight_per_class(targets, pixel_weights, num_old_classes: int):
   """Per old class c, the mean compensation weight of the pixels targeted at c (1 if none)."""
-  one_hot = jax.nn.one_hot(jnp.where(targets == losses.IGNORE_LABEL, -1, targets),
-                           num_old_classes)
+  one_hot = losses.one_hot_targets(targets, num_old_classes)
   counts = jnp.sum(one_hot, axis=(0, 1, 2))
   sums = jnp.sum(one_hot * pixel_weights[..., None], axis=(0, 1, 2))
   return jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), 1.0)

@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IGNORE_LABEL = 255
+from gsc_jax import losses
+from gsc_jax.tasks import IGNORE_LABEL
+
 ENTROPY_BINS = 100  # PLOP's histogram resolution for entropies
 
 
@@ -99,8 +101,13 @@ def entropy_pseudo_labels(labels, teacher_logits, thresholds, num_classes: int):
   entropy = normalized_entropy(teacher_logits, num_classes)
   accepted = background & (entropy < thresholds[argmax])
   new_labels = jnp.where(background, jnp.where(accepted, argmax, IGNORE_LABEL), labels)
-  nu = (jnp.sum(accepted, axis=(1, 2)) / (jnp.sum(background, axis=(1, 2)) + 1e-6))
-  return new_labels, nu.astype(teacher_logits.dtype), accepted
+  return new_labels, adaptive_factor(accepted, background), accepted
+
+
+def adaptive_factor(accepted, background):
+  """PLOP's per-image nu [B] = accepted background pixels / (background pixels + 1e-6)."""
+  nu = jnp.sum(accepted, axis=(1, 2)) / (jnp.sum(background, axis=(1, 2)) + 1e-6)
+  return nu.astype(jnp.float32)
 
 
 # --- GSC: prototypes and prototypical re-labelling -----------------------------------------
@@ -116,8 +123,7 @@ def prototype_sums(features, labels, num_classes: int):
   """Per class c < K: (sum of the feature vectors of pixels labelled c, their count), at
   feature resolution (labels resized by nearest). Sums over the global batch."""
   small_labels = resize_labels_nearest(labels, features.shape[1], features.shape[2])
-  one_hot = jax.nn.one_hot(jnp.where(small_labels == IGNORE_LABEL, -1, small_labels),
-                           num_classes)  # [B, h, w, K]
+  one_hot = losses.one_hot_targets(small_labels, num_classes)  # [B, h, w, K]
   sums = jnp.einsum("bhwk,bhwc->kc", one_hot, features.astype(jnp.float32))
   return sums, jnp.sum(one_hot, axis=(0, 1, 2))
 

@@ -8,7 +8,6 @@ and times ``--iterations`` steps on one random batch after two warm-up steps. Pr
 milliseconds per step, images per second, and the ratio to fine-tuning.
 """
 
-import importlib.util
 import time
 
 from absl import app
@@ -18,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import common
 from gsc_jax import methods
 from gsc_jax import tasks
 from gsc_jax import train
@@ -31,10 +31,7 @@ _METHODS = flags.DEFINE_list("methods", ["ft", "mib", "plop", "gsc"], "methods t
 
 def load_config(method: str):
   path, _, argument = _CONFIG.value.partition(":")
-  spec = importlib.util.spec_from_file_location("config_module", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(f"{argument or '15-1'},method={method}")
+  config = common.load_config_file(path).get_config(f"{argument or '15-1'},method={method}")
   methods.resolve_preset(config)
   return config
 

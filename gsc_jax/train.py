@@ -70,6 +70,13 @@ def batch_sharded(mesh):
   return NamedSharding(mesh, PartitionSpec("data"))
 
 
+def global_batches(dataset, num_batches: int, mesh):
+  """The first ``num_batches`` batches of ``dataset`` as global arrays."""
+  iterator = iter(dataset)
+  for _ in range(num_batches):
+    yield to_global_batch(next(iterator), mesh)
+
+
 def to_global_batch(local_batch: dict, mesh) -> dict:
   """This process's rows -> one global array per key, sharded over the batch axis."""
   sharding = batch_sharded(mesh)
@@ -170,9 +177,10 @@ def make_train_step(model, teacher_model, optimizer, config, classes_per_step):
       ce_logit_gradients, new_state["compensation"] = compensator.update(
           ce_logit_gradients, state["compensation"], targets=targets,
           probabilities=probabilities)
-      class_weights = methods.mean_weight_per_class(
-          targets, compensation_weights(new_state["compensation"], targets, probabilities),
-          num_old_classes)
+      if config.gsc.relation:  # the class relation term weights classes by their mean w
+        class_weights = methods.mean_weight_per_class(
+            targets, compensation_weights(new_state["compensation"], targets, probabilities),
+            num_old_classes)
 
     def other_terms(outputs):
       terms = methods.distillation_terms(outputs, targets, teacher_outputs, class_weights,
@@ -206,9 +214,7 @@ def evaluate(model, variables, dataset, num_batches: int, num_channels: int, mes
     return metrics.confusion_matrix(batch["label"].astype(jnp.int32), predictions, num_channels)
 
   confusion = np.zeros((num_channels, num_channels), np.int64)
-  iterator = iter(dataset)
-  for _ in range(num_batches):
-    batch = to_global_batch(next(iterator), mesh)
+  for batch in global_batches(dataset, num_batches, mesh):
     confusion += np.asarray(jax.device_get(eval_step(variables, batch)), np.int64)
   return confusion
 
@@ -368,9 +374,7 @@ class Run:
     dataset, num_batches = pipeline.eval_dataset(
         self.config, self.train_source, indices, label_lut, jax.process_index(),
         jax.process_count())
-    iterator = iter(dataset)
-    for _ in range(num_batches):
-      yield to_global_batch(next(iterator), self.mesh)
+    return global_batches(dataset, num_batches, self.mesh)
 
   def entropy_thresholds(self, step: int, teacher_model, teacher_variables) -> np.ndarray:
     """PLOP's per-old-class entropy thresholds from one teacher pass over the step's

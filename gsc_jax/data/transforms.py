@@ -21,11 +21,11 @@ import grain
 import numpy as np
 from PIL import Image
 
+from gsc_jax.tasks import IGNORE_LABEL
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Label value of pixels that are not scored and carry no loss.
-IGNORE_LABEL = 255
 # Image value used for padding uint8 images (black), as torchvision's default fill.
 IMAGE_PAD_VALUE = 0
 

@@ -20,10 +20,11 @@ import os
 import numpy as np
 from PIL import Image
 
+from gsc_jax.tasks import IGNORE_LABEL
+
 IMAGE_DIR = "JPEGImages"
 LABEL_DIR = "SegmentationClassAug"
 LIST_DIR = os.path.join("ImageSets", "Segmentation")
-IGNORE_LABEL = 255
 
 # PIL modes whose pixel values are the stored 8-bit indices.
 INDEX_LABEL_MODES = ("P", "L")
