@@ -100,7 +100,12 @@ def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
   config.stop_after_iterations = -1  # >0: stop (as if killed) after this many iterations; for resume tests
 
   config.data = ml_collections.ConfigDict()
-  config.data.root = ""              # dataset directory (real datasets)
+  config.data.source = "files"       # files (the tree under data.root) | tfds (docs/tfds.md)
+  config.data.root = ""              # dataset directory (real datasets; trees in the README)
+  config.data.tfds_dir = ""          # data.source=tfds: directory or gs:// path of the builds
+  config.data.split_cache_dir = os.path.expanduser("~/.cache/gsc_jax/splits")  # step image lists
+  config.data.domain_test_fraction = 0.2  # Cityscapes domain tasks: test part of each city
+  config.data.domain_split_seed = 1
   config.data.num_classes = 21       # label ids incl. background
   config.data.void_to_background = config_dict.placeholder(bool)  # preset: mib True, else False
   config.data.crop_size = 512
@@ -111,6 +116,7 @@ def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
   config.data.flip_probability = 0.5
   config.data.eval_mode = "center_crop"  # center_crop (published) | full
   config.data.eval_size = 512        # center_crop: shorter side and crop; full: pad images to this square
+  config.data.eval_ignore_background = False  # True: class 0 is not scored (MiB's ADE protocol)
   config.data.eval_batch_size = 24   # global
   config.data.num_threads = 2        # grain read threads per process
   config.data.prefetch_batches = 4
@@ -125,13 +131,16 @@ def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
   config.model.output_stride = 16
   config.model.head_channels = 256
   config.model.new_classifier_init = config_dict.placeholder(str)  # mib | random (preset)
+  config.model.activation = "leaky_relu"  # leaky_relu (in-place ABN, 0.01) | relu (torchvision)
+  config.model.pretrained = ""       # backbone converted by gsc_jax.models.convert; starts step 0
 
   config.optim = ml_collections.ConfigDict()
   config.optim.batch_size = 24       # global batch, split over all devices
   config.optim.lr_step0 = 0.01
   config.optim.lr_incremental = 0.001
   config.optim.epochs_step0 = 30
-  config.optim.epochs_incremental = 30
+  # Unset: the published per-task value (gsc_jax/methods.py), otherwise epochs_step0.
+  config.optim.epochs_incremental = config_dict.placeholder(int)
   config.optim.momentum = 0.9
   config.optim.nesterov = True
   config.optim.weight_decay = 1e-4   # added to the gradient before momentum (PyTorch SGD)

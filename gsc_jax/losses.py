@@ -6,6 +6,8 @@ B*H*W pixels, ignored pixels included (they contribute 0). ``num_old_classes`` (
 the channels of the previous steps, background included.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -134,7 +136,9 @@ def local_pod(outputs, teacher_outputs, num_old_classes, num_new_classes,
   ``(1/6) * sqrt(K / N) * [ sum_{f in 4 stages + head} feature_weight * d(f)
                             + logits_weight * d(logits_low in the old space) ]``
   with ``d`` = ``local_pod_distance``, K = all classes now, N = the step's new classes.
-  The stage tensors are the pre-activation outputs of each stage's last block.
+  The stage tensors are the pre-activation outputs of each stage's last block. A
+  domain-incremental step adds no class (N = 0): the factor is 1, as in PLOP's code, which
+  counts every class as new there (sqrt(K / K)).
   """
   tensors = list(zip(outputs["stages"], teacher_outputs["stages"]))
   tensors.append((outputs["head"], teacher_outputs["head"]))
@@ -144,7 +148,8 @@ def local_pod(outputs, teacher_outputs, num_old_classes, num_new_classes,
   total += logits_weight * local_pod_distance(student_logits, teacher_outputs["logits_low"],
                                               scales)
   num_classes = num_old_classes + num_new_classes
-  return total * jnp.sqrt(num_classes / num_new_classes) / (len(tensors) + 1)
+  class_factor = math.sqrt(num_classes / num_new_classes) if num_new_classes else 1.0
+  return total * class_factor / (len(tensors) + 1)
 
 
 # --- GSC: soft-sharp semantic relation distillation (ALGORITHM.md 5.2) ---------------------

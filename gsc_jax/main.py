@@ -28,8 +28,8 @@ _DISTRIBUTED = flags.DEFINE_bool(
 
 # Fields that may change between invocations sharing one work dir.
 RESTARTABLE_FIELDS = ("first_step", "last_step", "stop_after_iterations", "log_every",
-                      "init_step0_from", "workdir", "data.root", "data.num_threads",
-                      "data.prefetch_batches")
+                      "init_step0_from", "workdir", "data.root", "data.tfds_dir",
+                      "data.split_cache_dir", "data.num_threads", "data.prefetch_batches")
 
 
 def default_workdir(config) -> str:

@@ -44,17 +44,59 @@ PRESETS = {
 }
 
 
+# Values the authors published for particular (dataset, task, method) runs (ALGORITHM.md
+# 1.6), applied like the presets (only to unset fields). "*" matches any task.
+PUBLISHED_TASK_VALUES = {
+    ("voc", "15-1", "mib"): {"loss.kd_weight": 100.0},  # MiB's authors, for 15-5s
+    ("voc", "10-1", "plop"): {"optim.epochs_incremental": 10},  # PLOP scripts/voc/plop_10-1.sh
+    ("voc", "10-1", "gsc"): {"optim.epochs_incremental": 10},  # GSC follows PLOP's protocol
+    ("ade", "*", "plop"): {"loss.pod_weight": 0.001, "loss.pod_logits_weight": 0.00001},
+    ("ade", "*", "gsc"): {"loss.pod_weight": 0.001, "loss.pod_logits_weight": 0.00001},
+}
+
+# Parts that act on old classes hidden in the background, or on groups of classes added
+# by a step: a domain-incremental task (Cityscapes) has neither, as every step labels every
+# class. Their presets are off there, and switching one on is an error.
+NOT_FOR_DOMAIN_TASKS = ("pseudo.entropy", "gsc.compensation", "gsc.prototypes")
+
+
+def _published_values(config) -> dict:
+  values = {}
+  for task in ("*", config.task):
+    values.update(PUBLISHED_TASK_VALUES.get((config.dataset, task, config.method), {}))
+  return values
+
+
 def resolve_preset(config: ml_collections.ConfigDict) -> list[str]:
-  """Fills the unset (None) fields from ``config.method``'s preset; returns what it filled."""
+  """Fills the unset (None) fields from ``config.method``'s preset and the published
+  per-task values; returns what it filled.
+
+  ``optim.epochs_incremental`` left unset means the published per-task value, otherwise
+  ``optim.epochs_step0``.
+  """
   if config.method not in PRESETS:
     raise ValueError(
         f"unknown method {config.method!r}; valid methods: {', '.join(sorted(PRESETS))}")
+  domain_task = config.dataset == "cityscapes"  # every Cityscapes task adds cities, not classes
+  values = {**PRESETS[config.method], **_published_values(config)}
+  if domain_task:
+    values.update({path: False for path in NOT_FOR_DOMAIN_TASKS})
+  values.setdefault("optim.epochs_incremental", config.optim.epochs_step0)
   filled = []
-  for path, value in PRESETS[config.method].items():
+  for path, value in values.items():
     section, field = path.split(".")
     if config[section][field] is None:
       config[section][field] = value
       filled.append(f"{path}={value}")
+  if domain_task:
+    switched_on = [path for path in NOT_FOR_DOMAIN_TASKS
+                   if config[path.split(".")[0]][path.split(".")[1]]]
+    if switched_on:
+      raise ValueError(
+          f"{', '.join(switched_on)} cannot be used on the domain-incremental task "
+          f"{config.dataset} {config.task}: every step labels every class, so there are no "
+          "old classes hidden in the background and no step groups of classes; set them "
+          "to false")
   return filled
 
 
@@ -98,8 +140,9 @@ def training_targets(labels, teacher_outputs, frozen, config, num_classes: int):
 
 def classification_loss(logits, targets, nu, loss_config, num_old_classes: int):
   """The cross-entropy term (the one GSC's compensation scales): MiB's unbiased CE, or
-  the nu-weighted CE (nu = 1 for plain fine-tuning)."""
-  if loss_config.ce == "unbiased" and num_old_classes > 0:
+  the nu-weighted CE (nu = 1 for plain fine-tuning). Without old classes (step 0) or
+  without new ones (a domain-incremental step) the unbiased CE is the plain CE."""
+  if loss_config.ce == "unbiased" and 0 < num_old_classes < logits.shape[-1]:
     return losses.unbiased_cross_entropy(logits, targets, num_old_classes)
   if loss_config.ce in ("plain", "unbiased"):
     return losses.weighted_cross_entropy(logits, targets, nu)

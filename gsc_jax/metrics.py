@@ -156,6 +156,17 @@ def write_results_csv(path: str, task: tasks.Task, step_summaries: list[dict]) -
                                            for key in ("all", "old", "new")] + per_class)
 
 
+def evaluation_protocol(data_config) -> str:
+  """How the test images were scored, in words (stated with every result)."""
+  if data_config.eval_mode == "center_crop":
+    preprocessing = (f"shorter side resized to {data_config.eval_size}, centre crop "
+                     f"{data_config.eval_size}x{data_config.eval_size}")
+  else:
+    preprocessing = f"full image (padded to {data_config.eval_size}, padding ignored)"
+  class_0 = "class 0 ignored" if data_config.eval_ignore_background else "class 0 scored"
+  return f"{preprocessing}; {class_0}"
+
+
 def average_over_steps(step_summaries: list[dict]) -> float | None:
   """"avg": the mean over steps of the "all" mIoU measured after each step."""
   return _mean_or_none([summary.get("all") for summary in step_summaries])
@@ -171,6 +182,7 @@ def write_summary_json(path: str, task: tasks.Task, step_summaries: list[dict]) 
       "steps": [list(classes) for classes in task.steps],
       "num_steps": len(task.steps),
       "num_steps_evaluated": len(step_summaries),
+      "evaluation": last.get("evaluation"),
       "avg": average_over_steps(step_summaries),
       "last_step": last.get("step"),
       "all": last.get("all"),
@@ -204,6 +216,8 @@ def format_table(task: tasks.Task, step_summaries: list[dict]) -> str:
   widths = [max(len(row[column]) for row in rows if column < len(row))
             for column in range(len(header))]
   lines = [f"{task.dataset} {task.name}: mIoU (%) after each step"]
+  evaluations = {summary["evaluation"] for summary in step_summaries if "evaluation" in summary}
+  lines += [f"evaluation: {evaluation}" for evaluation in sorted(evaluations)]
   for row in rows:
     lines.append("  ".join(cell.rjust(widths[column])
                            for column, cell in enumerate(row)).rstrip())

@@ -15,7 +15,7 @@ This module is the protocol of ALGORITHM.md 1.1-1.3 as pure numpy functions:
 
 Cityscapes is domain-incremental: its 19 train ids (0 = "road" .. 18 = "bicycle"; there is
 NO background class) are all learnt at step 0 and every later step adds new cities, not new
-classes. The 21 train+val cities are taken in alphabetical order (``CITYSCAPES_CITIES``).
+classes. The 21 train+val cities are taken in PLOP's order (``CITYSCAPES_CITIES``).
 """
 
 import dataclasses
@@ -27,11 +27,12 @@ IGNORE_LABEL = 255
 BACKGROUND = 0
 LUT_SIZE = 256  # label images are uint8
 
-# The 21 Cityscapes train+val cities, in alphabetical order: the order of the domain steps.
-CITYSCAPES_CITIES = tuple(sorted((
-    "aachen", "bochum", "bremen", "cologne", "darmstadt", "dusseldorf", "erfurt",
-    "frankfurt", "hamburg", "hanover", "jena", "krefeld", "lindau", "monchengladbach",
-    "munster", "strasbourg", "stuttgart", "tubingen", "ulm", "weimar", "zurich")))
+# The 21 Cityscapes train+val cities in the order of the domain steps: PLOP's city ids 0..20
+# (its dataset/cityscapes_domain.py), the 18 train-folder cities first, then the 3 val ones.
+CITYSCAPES_CITIES = (
+    "aachen", "bremen", "darmstadt", "erfurt", "hanover", "krefeld", "strasbourg",
+    "tubingen", "weimar", "bochum", "cologne", "dusseldorf", "hamburg", "jena",
+    "monchengladbach", "stuttgart", "ulm", "zurich", "frankfurt", "lindau", "munster")
 
 DATASET_NUM_CLASSES = {"voc": 21, "ade": 151, "cityscapes": 19}
 
@@ -234,7 +235,7 @@ def _split(ordered_classes: list[int], step_sizes: Sequence[int]) -> tuple[tuple
 
 
 def _cityscapes_task(name: str) -> Task:
-  """All 19 train ids at step 0; the cities (alphabetical) split by the task's sizes."""
+  """All 19 train ids at step 0; the cities (PLOP's order) split by the task's sizes."""
   city_groups = _split(list(CITYSCAPES_CITIES), CITYSCAPES_DOMAIN_TASKS[name])
   num_classes = DATASET_NUM_CLASSES["cityscapes"]
   steps = (tuple(range(num_classes)),) + ((),) * (len(city_groups) - 1)

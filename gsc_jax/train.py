@@ -35,6 +35,8 @@ from gsc_jax import metrics
 from gsc_jax import pseudo_labels
 from gsc_jax import tasks
 from gsc_jax.data import pipeline
+from gsc_jax.data import splits
+from gsc_jax.models import convert
 from gsc_jax.models import deeplab
 from gsc_jax.models import incremental
 
@@ -87,9 +89,12 @@ def to_global_batch(local_batch: dict, mesh) -> dict:
 # --- model and optimiser -------------------------------------------------------------------
 
 def make_model(config, classes_per_step) -> deeplab.DeepLabV3:
+  """The DeepLabV3 of a step; a step without new classes (domain-incremental) adds no
+  classifier."""
   return deeplab.DeepLabV3(
-      classes_per_step=tuple(classes_per_step), backbone=config.model.backbone,
-      output_stride=config.model.output_stride, head_channels=config.model.head_channels)
+      classes_per_step=tuple(c for c in classes_per_step if c), backbone=config.model.backbone,
+      output_stride=config.model.output_stride, head_channels=config.model.head_channels,
+      activation=config.model.activation)
 
 
 def make_optimizer(optim_config, base_learning_rate: float, max_iterations: int):
@@ -241,15 +246,8 @@ class Run:
                          f"{jax.device_count()} devices")
     self.train_source = pipeline.make_source(config, "train")
     self.val_source = pipeline.make_source(config, "val")
+    self.step_lists = splits.StepLists(config, self.task, self.train_source, self.val_source)
     self.iterations_this_run = 0
-
-  @functools.cached_property
-  def train_classes(self):
-    return pipeline.label_classes(self.train_source, "train")
-
-  @functools.cached_property
-  def val_classes(self):
-    return pipeline.label_classes(self.val_source, "val")
 
   def replicated_shapes(self, shapes):
     """Shape/dtype tree -> abstract arrays replicated over the mesh (restore targets)."""
@@ -262,20 +260,34 @@ class Run:
         lambda: model.init(jax.random.key(0), dummy_images(self.config), train=False)))
 
   def initial_variables(self, step: int, model, teacher_model, teacher_variables):
-    """Step 0: fresh initialisation. Step t > 0: grown from the teacher (ALGORITHM.md 1.5)."""
-    rng = jax.random.fold_in(jax.random.key(self.config.seed), step)
-    images = dummy_images(self.config)
+    """Step 0: fresh initialisation, with the backbone of ``model.pretrained`` if set.
+    Step t > 0: grown from the teacher (ALGORITHM.md 1.5), or the teacher's variables
+    themselves when the step adds no class (domain-incremental)."""
+    config = self.config
+    rng = jax.random.fold_in(jax.random.key(config.seed), step)
+    images = dummy_images(config)
     init_fn = lambda rng: model.init(rng, images, train=False)
-    if teacher_model is not None:
+    if teacher_model is not None and not self.task.steps[step]:
+      init_fn = lambda rng: teacher_variables
+    elif teacher_model is not None:
       init_fn = lambda rng: incremental.grow_variables(
           model, teacher_variables, rng, images.shape[1], step,
-          init=self.config.model.new_classifier_init)
-    return jax.jit(init_fn, out_shardings=replicated(self.mesh))(rng)
+          init=config.model.new_classifier_init)
+    variables = jax.jit(init_fn, out_shardings=replicated(self.mesh))(rng)
+    if step == 0 and config.model.pretrained:
+      backbone = convert.pretrained_backbone_variables(
+          config.model.pretrained, config.model.backbone, config.model.activation)
+      variables = jax.device_put(incremental.transfer_variables(
+          {"params": {"backbone": backbone["params"]},
+           "batch_stats": {"backbone": backbone["batch_stats"]}}, variables),
+          replicated(self.mesh))
+      log(f"step 0: backbone initialised from {config.model.pretrained}")
+    return variables
 
   def train_incremental_step(self, step: int):
     """Trains step ``step`` (resuming from its newest checkpoint), saves its export."""
     config, task = self.config, self.task
-    indices = pipeline.train_indices(self.train_classes, task, step, config.overlap)
+    indices = self.step_lists.train(step)
     if len(indices) < config.optim.batch_size:
       raise ValueError(f"step {step} has {len(indices)} training images, fewer than one "
                        f"global batch ({config.optim.batch_size})")
@@ -369,7 +381,7 @@ class Run:
     """One deterministic pass over step ``step``'s training images with its train labels
     (evaluation preprocessing, padded with ignored images): for thresholds, prototypes."""
     task = self.task
-    indices = pipeline.train_indices(self.train_classes, task, step, self.config.overlap)
+    indices = self.step_lists.train(step)
     label_lut = tasks.train_label_lut(task, step, self.config.data.void_to_background)
     dataset, num_batches = pipeline.eval_dataset(
         self.config, self.train_source, indices, label_lut, jax.process_index(),
@@ -458,13 +470,13 @@ class Run:
     return {"step": step, "dataset": self.config.dataset,
             "classes_per_step": [list(c) for c in self.task.steps[:step + 1]],
             "model": {"backbone": model.backbone, "output_stride": model.output_stride,
-                      "head_channels": model.head_channels},
+                      "head_channels": model.head_channels, "activation": model.activation},
             "void_to_background": self.config.data.void_to_background}
 
   def evaluate_step(self, step: int, model, variables) -> dict:
     task = self.task
-    indices = pipeline.test_indices(self.val_classes, task, step)
-    label_lut = tasks.test_label_lut(task, step)
+    indices = self.step_lists.test(step)
+    label_lut = tasks.test_label_lut(task, step, self.config.data.eval_ignore_background)
     dataset, num_batches = pipeline.eval_dataset(
         self.config, self.val_source, indices, label_lut, jax.process_index(),
         jax.process_count())
@@ -473,6 +485,7 @@ class Run:
     confusion = evaluate(model, variables, dataset, num_batches, num_channels, self.mesh)
     summary = metrics.summarize_step(confusion, task, step)
     summary["num_test_images"] = int(len(indices))
+    summary["evaluation"] = metrics.evaluation_protocol(self.config.data)
     log(f"step {step}: evaluated {len(indices)} images in {time.time() - start:.1f} s: "
         f"mIoU all {_percent(summary['all'])} old {_percent(summary['old'])} "
         f"new {_percent(summary['new'])}")

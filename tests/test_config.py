@@ -35,6 +35,7 @@ def test_published_protocol_fields():
   assert (optim.batch_size, optim.lr_step0, optim.lr_incremental) == (24, 0.01, 0.001)
   assert (optim.momentum, optim.nesterov, optim.weight_decay, optim.poly_power) == (
       0.9, True, 1e-4, 0.9)
+  methods.resolve_preset(config)
   assert (optim.epochs_step0, optim.epochs_incremental) == (30, 30)
   assert config.data.crop_size == 512 and config.model.backbone == "resnet101"
 

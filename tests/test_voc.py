@@ -192,3 +192,39 @@ def test_works_with_the_eval_preprocessing(voc_root):
   out = transforms.EvalPreprocess(crop_size=8).map(sample)
   assert out["image"].shape == (8, 8, 3) and out["label"].shape == (8, 8)
   assert set(np.unique(out["label"]).tolist()) <= {0, 1, 255}
+
+
+def test_image_and_label_paths(voc_root):
+  source = voc.VOCSegmentation(str(voc_root), "val")
+  assert source.image_path(1) == os.path.join(str(voc_root), "JPEGImages", "2007_000039.jpg")
+  assert source.label_path(1) == os.path.join(str(voc_root), "SegmentationClassAug",
+                                              "2007_000039.png")
+  assert repr(source) == (f"VOCSegmentation(root={str(voc_root)!r}, split='val', "
+                          "num_images=2, num_classes=21)")
+
+
+def test_fingerprint(voc_root):
+  fingerprint = voc.VOCSegmentation(str(voc_root), "train_aug").fingerprint()
+  assert len(fingerprint) == 64
+  assert voc.VOCSegmentation(str(voc_root), "train_aug").fingerprint() == fingerprint
+  assert voc.VOCSegmentation(str(voc_root), "train_aug",
+                             num_classes=20).fingerprint() != fingerprint
+
+  label_path = voc_root / "SegmentationClassAug" / "2007_000039.png"
+  size_before = os.path.getsize(label_path)
+  noisy = np.random.default_rng(0).integers(0, 21, size=(16, 10), dtype=np.uint8)
+  _write_label(label_path, noisy, palette=False)
+  assert os.path.getsize(label_path) != size_before
+  changed_label = voc.VOCSegmentation(str(voc_root), "train_aug").fingerprint()
+  assert changed_label != fingerprint
+
+  list_path = voc_root / "ImageSets/Segmentation/train_aug.txt"
+  list_path.write_text("2007_000032\n2008_000001\n")  # one image fewer
+  assert voc.VOCSegmentation(str(voc_root), "train_aug").fingerprint() != changed_label
+
+
+def test_fingerprint_names_a_missing_label(voc_root):
+  os.remove(voc_root / "SegmentationClassAug" / "2008_000001.png")
+  source = voc.VOCSegmentation(str(voc_root), "train_aug")
+  with pytest.raises(FileNotFoundError, match=r"2008_000001\.png.*train_aug\.txt"):
+    source.fingerprint()

@@ -6,52 +6,105 @@ the step's test images in a fixed order, padded with fully-ignored images to a w
 of global batches so every process runs the same number of batches.
 """
 
-import sys
-import time
+import hashlib
 
 import grain
 import numpy as np
 
 from gsc_jax import tasks
+from gsc_jax.data import ade
+from gsc_jax.data import cityscapes
 from gsc_jax.data import synthetic
 from gsc_jax.data import transforms
 from gsc_jax.data import voc
 
 
+DATASETS = ("synthetic", "voc", "ade", "cityscapes")
+SOURCES = ("files", "tfds")
+
+
 def make_source(config, split: str):
-  """The random-access source of ``config.dataset`` for ``split`` ("train" or "val")."""
+  """The random-access source of ``config.dataset`` for ``split`` ("train" or "val").
+
+  ``data.source`` picks the dataset tree under ``data.root`` ("files") or the ArrayRecord
+  build under ``data.tfds_dir`` ("tfds", docs/tfds.md). Cityscapes pools its train and val
+  folders: its domain-incremental steps split the images by city (data/splits.py).
+  """
   data = config.data
+  if config.dataset not in DATASETS:
+    raise ValueError(f"unknown dataset {config.dataset!r}; valid datasets: "
+                     f"{', '.join(DATASETS)}")
   if config.dataset == "synthetic":
     num_images = data.num_train_images if split == "train" else data.num_val_images
     return synthetic.SyntheticSegmentation(
         split, num_images, num_classes=data.num_classes, image_size=data.image_size,
         seed=data.dataset_seed)
-  if config.dataset == "voc":
-    return voc.VOCSegmentation(
-        data.root, "train_aug" if split == "train" else "val", num_classes=data.num_classes)
-  raise ValueError(f"unknown dataset {config.dataset!r}; valid datasets: synthetic, voc")
+  if data.source not in SOURCES:
+    raise ValueError(f"unknown data.source {data.source!r}; valid: {', '.join(SOURCES)}")
+  if data.source == "tfds":
+    from gsc_jax.data import tfds_source  # only here: tensorflow_datasets is slow to import
+    if not data.tfds_dir:
+      raise ValueError("data.source=tfds needs data.tfds_dir (the directory or gs:// path "
+                       "the datasets were built into; see docs/tfds.md)")
+    make = lambda split: tfds_source.TFDSSegmentation(
+        config.dataset, split, data.tfds_dir, num_classes=data.num_classes)
+  else:
+    if not data.root:
+      raise ValueError(f"data.root is empty: set it to the {config.dataset} directory "
+                       "(the expected trees are in the README)")
+    make = {
+        "voc": lambda split: voc.VOCSegmentation(
+            data.root, "train_aug" if split == "train" else "val", data.num_classes),
+        "ade": lambda split: ade.ADE20KSegmentation(
+            data.root, "training" if split == "train" else "validation", data.num_classes),
+        "cityscapes": lambda split: cityscapes.CityscapesSegmentation(
+            data.root, split, data.num_classes),
+    }[config.dataset]
+  if config.dataset == "cityscapes":
+    return ConcatSource([make("train"), make("val")], split="train+val")
+  return make(split)
 
 
-def label_classes(source, description: str) -> list[np.ndarray]:
-  """The sorted distinct raw label values of every image (for the step filters)."""
-  classes = []
-  start = time.time()
-  for index in range(len(source)):
-    classes.append(np.unique(source.read_label(index)))
-    if (index + 1) % 1000 == 0 or index + 1 == len(source):
-      print(f"  scanning {description} labels: {index + 1}/{len(source)} "
-            f"({time.time() - start:.0f} s)", file=sys.stderr, flush=True)
-  return classes
+class ConcatSource:
+  """Several sources seen as one (Cityscapes' train and val folders)."""
 
+  def __init__(self, sources, split: str):
+    self.sources = list(sources)
+    self.split = split
+    self.num_classes = self.sources[0].num_classes
+    self._starts = np.cumsum([0] + [len(source) for source in self.sources])
 
-def train_indices(classes_per_image, task, step, overlap: bool) -> np.ndarray:
-  return tasks.step_indices(
-      classes_per_image, lambda classes: tasks.keep_train_image(classes, task, step, overlap))
+  def __len__(self):
+    return int(self._starts[-1])
 
+  def _locate(self, index: int):
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"index {index} out of range for {len(self)} images")
+    part = int(np.searchsorted(self._starts, index, side="right")) - 1
+    return self.sources[part], index - int(self._starts[part])
 
-def test_indices(classes_per_image, task, step) -> np.ndarray:
-  return tasks.step_indices(
-      classes_per_image, lambda classes: tasks.keep_test_image(classes, task, step))
+  def __getitem__(self, index):
+    source, local_index = self._locate(index)
+    return source[local_index]
+
+  def read_label(self, index):
+    source, local_index = self._locate(index)
+    return source.read_label(local_index)
+
+  def name(self, index):
+    source, local_index = self._locate(index)
+    return source.name(local_index)
+
+  def city(self, index):
+    source, local_index = self._locate(index)
+    return source.city(local_index)
+
+  def fingerprint(self):
+    parts = [source.fingerprint() for source in self.sources]
+    if any(part is None for part in parts):
+      return None
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
 class SubsetSource:

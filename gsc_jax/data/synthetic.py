@@ -479,6 +479,10 @@ class SyntheticSegmentation:
   def name(self, index: int) -> str:
     return f"synth_{self.split}_{index:06d}"
 
+  def fingerprint(self) -> None:
+    """None: the labels come from code, so the step lists are never cached on disk."""
+    return None
+
   def _rng(self, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([self.seed, SPLITS[self.split], index, stream])
 

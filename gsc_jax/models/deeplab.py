@@ -33,16 +33,18 @@ class ASPPHead(nn.Module):
   ``channels`` wide and bias-free, concatenated -> ``map_bn`` + act -> ``red_conv`` (1x1).
   Image pool: spatial mean -> ``global_pooling_conv`` (1x1) -> ``global_pooling_bn`` + act ->
   ``pool_red_conv`` (1x1), broadcast over space and added to the pyramid output.
-  The sum goes through ``red_bn`` + act. There is no dropout.
+  The sum goes through ``red_bn`` + act. There is no dropout. ``act`` is the backbone's
+  activation (``resnet.ACTIVATIONS``): leaky ReLU 0.01 by default.
   """
   channels: int = 256
   output_stride: int = 16
+  activation: str = "leaky_relu"
 
   @nn.compact
   def __call__(self, x, train: bool):
     conv = resnet.conv
     batch_norm = resnet.batch_norm
-    act = resnet.leaky_relu
+    act = resnet.activation_function(self.activation)
 
     branches = [conv(self.channels, 1, name="map_conv0")(x)]
     for index, dilation in enumerate(PYRAMID_DILATIONS[self.output_stride]):
@@ -74,18 +76,21 @@ class DeepLabV3(nn.Module):
     head        [B, h, w, head_channels]  the head output the classifiers read
     stages      four arrays: pre-activation output of each ResNet stage's last block
   The last three exist for distillation between the previous-step and current model.
+  ``activation`` ("leaky_relu" or "relu") is used by the backbone and the head alike.
   """
   classes_per_step: tuple[int, ...]
   backbone: str = "resnet101"
   output_stride: int = 16
   head_channels: int = 256
+  activation: str = "leaky_relu"
 
   @nn.compact
   def __call__(self, images, train: bool) -> dict:
-    encoder = resnet.make_resnet(self.backbone, self.output_stride, name="backbone")
+    encoder = resnet.make_resnet(self.backbone, self.output_stride, self.activation,
+                                 name="backbone")
     features, stages = encoder(images, train)
     head = ASPPHead(channels=self.head_channels, output_stride=self.output_stride,
-                    name="head")(features, train)
+                    activation=self.activation, name="head")(features, train)
 
     per_step_logits = [
         nn.Conv(num_classes, (1, 1), use_bias=True, name=f"classifier_{step}")(head)

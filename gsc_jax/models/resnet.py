@@ -7,7 +7,9 @@ bottleneck sits on its 3x3 convolution) with the standard stem:
   stage1 .. stage4, each a chain of ``Bottleneck`` blocks named ``stage{s}_block{b}``
 
 Normalisation is the field's "in-place ABN": BatchNorm followed by leaky ReLU with slope
-0.01. Every convolution is bias-free (the BatchNorm after it carries the shift).
+0.01. ``activation="relu"`` swaps the leaky ReLU for a plain ReLU everywhere, so that a
+backbone converted from torchvision weights (trained with ReLU, see convert.py) runs with
+its own activation. Every convolution is bias-free (the BatchNorm after it carries the shift).
 
 To keep spatial detail for segmentation, the last stage(s) trade stride for dilation:
 
@@ -18,7 +20,7 @@ Padding equals the dilation for 3x3 convolutions (3 for the stem, 1 for the max 
 feature sizes are those of the PyTorch reference: ceil(input / output_stride).
 
 Besides the final (activated) feature map, ``ResNet`` returns the residual sum of the last
-block of each stage BEFORE its final leaky ReLU. Distillation methods (PLOP's pooled
+block of each stage BEFORE its final activation. Distillation methods (PLOP's pooled
 outputs, GSC's feature distillation) are defined on these pre-activation tensors: the
 negative part, which leaky ReLU squashes by 100x, still carries information there.
 
@@ -79,6 +81,16 @@ def leaky_relu(x):
   return nn.leaky_relu(x, negative_slope=LEAKY_RELU_SLOPE)
 
 
+ACTIVATIONS = {"leaky_relu": leaky_relu, "relu": nn.relu}
+
+
+def activation_function(name: str):
+  """The activation called ``name``: "leaky_relu" (slope 0.01, in-place ABN) or "relu"."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; valid names: {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
 def batch_norm(train: bool, name: str) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults: batch statistics in training, running ones otherwise.
 
@@ -105,22 +117,24 @@ def conv(features: int, kernel_size: int, name: str, stride: int = 1,
 class Bottleneck(nn.Module):
   """1x1 (reduce) -> 3x3 (stride, dilation) -> 1x1 (expand x4), plus the shortcut.
 
-  Returns the residual sum BEFORE the final leaky ReLU; the caller applies the activation
+  Returns the residual sum BEFORE the final activation; the caller applies the activation
   (and keeps the pre-activation tensor when it is the last block of a stage).
   """
   width: int
   stride: int = 1
   dilation: int = 1
+  activation: str = "leaky_relu"
 
   @nn.compact
   def __call__(self, x, train: bool):
     out_channels = self.width * BOTTLENECK_EXPANSION
+    act = activation_function(self.activation)
 
     y = conv(self.width, 1, name="conv1")(x)
-    y = leaky_relu(batch_norm(train, "bn1")(y))
+    y = act(batch_norm(train, "bn1")(y))
     y = conv(self.width, 3, name="conv2", stride=self.stride, dilation=self.dilation,
              padding=self.dilation)(y)
-    y = leaky_relu(batch_norm(train, "bn2")(y))
+    y = act(batch_norm(train, "bn2")(y))
     y = conv(out_channels, 1, name="conv3")(y)
     y = batch_norm(train, "bn3")(y)  # no activation before the sum
 
@@ -141,13 +155,15 @@ class ResNet(nn.Module):
   blocks_per_stage: tuple[int, ...]
   base_width: int = 64
   output_stride: int = 16
+  activation: str = "leaky_relu"  # or "relu" (see ACTIVATIONS)
 
   @nn.compact
   def __call__(self, x, train: bool):
     check_output_stride(self.output_stride)
+    act = activation_function(self.activation)
 
     x = conv(self.base_width, 7, name="stem_conv", stride=2, padding=3)(x)
-    x = leaky_relu(batch_norm(train, "stem_bn")(x))
+    x = act(batch_norm(train, "stem_bn")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
     stage_pre_activations = []
@@ -158,18 +174,21 @@ class ResNet(nn.Module):
       for block_index in range(num_blocks):
         pre_activation = Bottleneck(
             width=width, stride=stride if block_index == 0 else 1, dilation=dilation,
+            activation=self.activation,
             name=f"stage{stage_index + 1}_block{block_index}")(x, train)
-        x = leaky_relu(pre_activation)
+        x = act(pre_activation)
       stage_pre_activations.append(pre_activation)
     return x, tuple(stage_pre_activations)
 
 
-def make_resnet(backbone: str, output_stride: int = 16, **module_kwargs) -> ResNet:
-  """The named backbone (see ``BACKBONES``) at the given output stride."""
+def make_resnet(backbone: str, output_stride: int = 16, activation: str = "leaky_relu",
+                **module_kwargs) -> ResNet:
+  """The named backbone (see ``BACKBONES``) at the given output stride and activation."""
   spec = backbone_spec(backbone)
   check_output_stride(output_stride)
+  activation_function(activation)  # fail now on an unknown name
   return ResNet(blocks_per_stage=spec.blocks_per_stage, base_width=spec.base_width,
-                output_stride=output_stride, **module_kwargs)
+                output_stride=output_stride, activation=activation, **module_kwargs)
 
 
 def output_channels(name: str) -> int:
