@@ -103,7 +103,7 @@ def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
   config.data.source = "files"       # files (the tree under data.root) | tfds (docs/tfds.md)
   config.data.root = ""              # dataset directory (real datasets; trees in the README)
   config.data.tfds_dir = ""          # data.source=tfds: directory or gs:// path of the builds
-  config.data.split_cache_dir = os.path.expanduser("~/.cache/gsc_jax/splits")  # step image lists
+  config.data.split_cache_dir = "~/.cache/gsc_jax/splits"  # step image lists ("": none)
   config.data.domain_test_fraction = 0.2  # Cityscapes domain tasks: test part of each city
   config.data.domain_split_seed = 1
   config.data.num_classes = 21       # label ids incl. background

@@ -20,6 +20,7 @@ import ml_collections
 
 from gsc_jax import losses
 from gsc_jax import pseudo_labels
+from gsc_jax import tasks
 
 _NOTHING = {
     "loss.ce": "plain",
@@ -77,7 +78,7 @@ def resolve_preset(config: ml_collections.ConfigDict) -> list[str]:
   if config.method not in PRESETS:
     raise ValueError(
         f"unknown method {config.method!r}; valid methods: {', '.join(sorted(PRESETS))}")
-  domain_task = config.dataset == "cityscapes"  # every Cityscapes task adds cities, not classes
+  domain_task = config.dataset in tasks.DOMAIN_INCREMENTAL_DATASETS
   values = {**PRESETS[config.method], **_published_values(config)}
   if domain_task:
     values.update({path: False for path in NOT_FOR_DOMAIN_TASKS})

@@ -35,6 +35,8 @@ CITYSCAPES_CITIES = (
     "monchengladbach", "stuttgart", "ulm", "zurich", "frankfurt", "lindau", "munster")
 
 DATASET_NUM_CLASSES = {"voc": 21, "ade": 151, "cityscapes": 19}
+# Datasets whose every task is domain-incremental (steps add cities, not classes).
+DOMAIN_INCREMENTAL_DATASETS = ("cityscapes",)
 
 # Step sizes of every class-incremental task; the first size counts background 0.
 VOC_TASKS = {
@@ -119,7 +121,7 @@ def get_task(dataset: str, name: str, num_classes: int | None = None,
   permutation of the classes 1..num_classes-1 (0 may be given first): the task keeps its
   step sizes but takes its classes from this order instead of the natural one.
   """
-  if dataset == "cityscapes":
+  if dataset in DOMAIN_INCREMENTAL_DATASETS:
     _check_dataset_num_classes(dataset, num_classes)
     if class_order is not None:
       raise ValueError("class_order does not apply to cityscapes: its tasks are "

@@ -277,10 +277,9 @@ class Run:
     if step == 0 and config.model.pretrained:
       backbone = convert.pretrained_backbone_variables(
           config.model.pretrained, config.model.backbone, config.model.activation)
-      variables = jax.device_put(incremental.transfer_variables(
+      variables = self.replicate(incremental.transfer_variables(
           {"params": {"backbone": backbone["params"]},
-           "batch_stats": {"backbone": backbone["batch_stats"]}}, variables),
-          replicated(self.mesh))
+           "batch_stats": {"backbone": backbone["batch_stats"]}}, variables))
       log(f"step 0: backbone initialised from {config.model.pretrained}")
     return variables
 
@@ -374,8 +373,9 @@ class Run:
     checkpoint.save_export(self.workdir, step, variables, self.export_meta(step))
     return model, variables
 
-  def replicate(self, array):
-    return jax.device_put(jnp.asarray(array), replicated(self.mesh))
+  def replicate(self, tree):
+    """An array or pytree of host arrays, replicated over the mesh."""
+    return jax.device_put(tree, replicated(self.mesh))
 
   def step_pass(self, step: int):
     """One deterministic pass over step ``step``'s training images with its train labels

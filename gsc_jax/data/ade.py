@@ -53,12 +53,9 @@ def _missing_root_message(root: str) -> str:
 
 
 def _require_directory(path: str, root: str) -> None:
-  """FileNotFoundError naming ``path`` if it is not a directory."""
-  if not os.path.isdir(path):
-    raise FileNotFoundError(
-        f"ADE20K directory not found: {path!r}. Expected tree:\n"
-        f"{EXPECTED_TREE.format(root=root)}\n"
-        "Re-extract ADEChallengeData2016.zip or set data.root to the extracted directory.")
+  files.require_directory(
+      path, "ADE20K", EXPECTED_TREE.format(root=root),
+      "Re-extract ADEChallengeData2016.zip or set data.root to the extracted directory.")
 
 
 def list_entries(root: str, split: str) -> list[tuple[str, str, str]]:

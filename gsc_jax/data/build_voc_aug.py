@@ -44,23 +44,17 @@ _SBD = flags.DEFINE_string("sbd", None, "SBD root (benchmark_RELEASE)")
 _OUT = flags.DEFINE_string("out", None, "output root; may be the same as --voc")
 
 
-def _require_input_file(path: str, what: str) -> None:
-  """FileNotFoundError naming the missing input ``path`` (``what`` says what it is)."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{what} not found: {path!r}; check --voc / --sbd point to the "
-                            "extracted VOC 2012 and SBD (benchmark_RELEASE) releases")
-
-
-def _require_input_directory(path: str, what: str) -> None:
-  """FileNotFoundError naming the missing input directory ``path``."""
-  if not os.path.isdir(path):
+def _require_input(path: str, what: str, directory: bool = False) -> None:
+  """FileNotFoundError naming the missing input file (or ``directory``) ``path``; ``what``
+  says what it is."""
+  if not (os.path.isdir(path) if directory else os.path.isfile(path)):
     raise FileNotFoundError(f"{what} not found: {path!r}; check --voc / --sbd point to the "
                             "extracted VOC 2012 and SBD (benchmark_RELEASE) releases")
 
 
 def read_id_list(path: str) -> list[str]:
   """The image ids of a list file, one per non-blank line, in file order."""
-  _require_input_file(path, "id list")
+  _require_input(path, "id list")
   with open(path) as list_file:
     ids = [line.strip() for line in list_file if line.strip()]
   if not ids:
@@ -106,8 +100,8 @@ def build(voc_root: str, sbd_root: str, out_root: str) -> dict:
   out_root is not voc_root) under ``out_root``; returns the counts: "train_aug", "val",
   "labels" (files written), "labels_from_voc" and "labels_from_sbd"."""
   start = time.time()
-  _require_input_directory(voc_root, "VOC 2012 root")
-  _require_input_directory(sbd_root, "SBD root")
+  _require_input(voc_root, "VOC 2012 root", directory=True)
+  _require_input(sbd_root, "SBD root", directory=True)
   voc_list_dir = os.path.join(voc_root, voc.LIST_DIR)
   voc_train = read_id_list(os.path.join(voc_list_dir, "train.txt"))
   voc_val = read_id_list(os.path.join(voc_list_dir, "val.txt"))
@@ -116,9 +110,9 @@ def build(voc_root: str, sbd_root: str, out_root: str) -> dict:
   voc_image_dir = os.path.join(voc_root, voc.IMAGE_DIR)
   voc_label_dir = os.path.join(voc_root, "SegmentationClass")
   sbd_label_dir = os.path.join(sbd_root, "dataset", "cls")
-  _require_input_directory(voc_image_dir, "VOC 2012 JPEGImages directory")
-  _require_input_directory(voc_label_dir, "VOC 2012 SegmentationClass directory")
-  _require_input_directory(sbd_label_dir, "SBD dataset/cls directory")
+  _require_input(voc_image_dir, "VOC 2012 JPEGImages directory", directory=True)
+  _require_input(voc_label_dir, "VOC 2012 SegmentationClass directory", directory=True)
+  _require_input(sbd_label_dir, "SBD dataset/cls directory", directory=True)
 
   train_aug = sorted((set(voc_train) | set(sbd_train) | set(sbd_val)) - set(voc_val))
   all_ids = sorted(set(train_aug) | set(voc_val))
@@ -133,7 +127,7 @@ def build(voc_root: str, sbd_root: str, out_root: str) -> dict:
   labels_from_voc = labels_from_sbd = 0
   for done, image_id in enumerate(all_ids, start=1):
     image_path = os.path.join(voc_image_dir, image_id + ".jpg")
-    _require_input_file(image_path, f"JPEG of image {image_id!r}")
+    _require_input(image_path, f"JPEG of image {image_id!r}")
     voc_label_path = os.path.join(voc_label_dir, image_id + ".png")
     sbd_label_path = os.path.join(sbd_label_dir, image_id + ".mat")
     if os.path.isfile(voc_label_path):

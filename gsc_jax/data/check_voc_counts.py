@@ -9,7 +9,6 @@ otherwise: a mismatch means the labels or the list differ from the field's
 SegmentationClassAug, and results would not be comparable with published ones.
 """
 
-import os
 import sys
 
 from absl import app
@@ -54,7 +53,8 @@ def compare(label_classes) -> list[tuple[str, tuple, tuple, bool]]:
 def main(argv) -> int:
   del argv
   source = voc.VOCSegmentation(flags.FLAGS.root, "train_aug")
-  label_classes = splits.label_classes(source, "voc", flags.FLAGS.split_cache_dir)
+  cache_dir = splits.cache_dir(flags.FLAGS.split_cache_dir, "voc", source, source.fingerprint())
+  label_classes = splits.label_classes(source, "voc train_aug", cache_dir)
   print(f"train_aug: {len(source):,} images (published {PUBLISHED_NUM_TRAIN_IMAGES:,})")
   rows = compare(label_classes)
   for setting, counted, published, equal in rows:
@@ -71,6 +71,6 @@ def main(argv) -> int:
 if __name__ == "__main__":
   # Flags are defined only when this module is the program, so importing it adds none.
   flags.DEFINE_string("root", None, "the VOC tree (data.root)", required=True)
-  flags.DEFINE_string("split_cache_dir", os.path.expanduser("~/.cache/gsc_jax/splits"),
+  flags.DEFINE_string("split_cache_dir", splits.DEFAULT_CACHE_ROOT,
                       "where the label scan is cached (data.split_cache_dir)")
   app.run(lambda argv: sys.exit(main(argv)))

@@ -99,12 +99,9 @@ def _missing_root_message(root: str) -> str:
 
 
 def _require_directory(path: str, root: str) -> None:
-  """FileNotFoundError naming ``path`` if it is not a directory."""
-  if not os.path.isdir(path):
-    raise FileNotFoundError(
-        f"Cityscapes directory not found: {path!r}. Expected tree:\n"
-        f"{EXPECTED_TREE.format(root=root)}\n"
-        "Extract leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into data.root.")
+  files.require_directory(
+      path, "Cityscapes", EXPECTED_TREE.format(root=root),
+      "Extract leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into data.root.")
 
 
 def list_entries(root: str, split: str) -> tuple[list[tuple[str, str, str]], list[str]]:

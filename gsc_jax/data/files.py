@@ -45,6 +45,14 @@ def require_file(path: str, kind: str, hint: str) -> None:
     raise FileNotFoundError(f"{kind} file not found: {path!r} {hint}")
 
 
+def require_directory(path: str, dataset: str, expected_tree: str, remedy: str) -> None:
+  """FileNotFoundError naming ``path`` and showing the dataset's expected tree if ``path``
+  is not a directory; ``remedy`` says what to do."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{dataset} directory not found: {path!r}. Expected tree:\n"
+                            f"{expected_tree}\n{remedy}")
+
+
 def decode_image(path: str) -> np.ndarray:
   """uint8 [H, W, 3] RGB pixels of an image file; ValueError naming a corrupt file."""
   try:

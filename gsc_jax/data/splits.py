@@ -35,6 +35,7 @@ import numpy as np
 from gsc_jax import tasks
 
 SCAN_THREADS = 8  # PNG decoding releases the GIL
+DEFAULT_CACHE_ROOT = "~/.cache/gsc_jax/splits"  # as data.split_cache_dir in configs/common.py
 
 
 def progress(iterable, total: int, description: str, every_seconds: float = 10.0):
@@ -69,17 +70,18 @@ def _scan(source, description: str) -> list[np.ndarray]:
     return list(progress(values, len(source), f"scanning {description} labels"))
 
 
-def _cache_dir(cache_root: str, dataset: str, source) -> str | None:
-  fingerprint = source.fingerprint()
+def cache_dir(cache_root: str, dataset: str, source, fingerprint: str | None) -> str | None:
+  """The cache directory of ``source`` (whose ``fingerprint()`` is given, as it stats
+  every label file); None when nothing is cached."""
   if not cache_root or fingerprint is None:
     return None
-  return os.path.join(cache_root, dataset, f"{source.split}-{fingerprint[:16]}")
+  return os.path.join(os.path.expanduser(cache_root), dataset,
+                      f"{source.split}-{fingerprint[:16]}")
 
 
-def label_classes(source, dataset: str, cache_root: str) -> list[np.ndarray]:
+def label_classes(source, description: str, source_cache_dir: str | None) -> list[np.ndarray]:
   """The distinct label values of every image, from the cache or a scan (then cached)."""
-  cache_dir = _cache_dir(cache_root, dataset, source)
-  path = cache_dir and os.path.join(cache_dir, "label_classes.npz")
+  path = source_cache_dir and os.path.join(source_cache_dir, "label_classes.npz")
   if path and os.path.exists(path):
     with np.load(path) as cached:
       values, offsets = cached["values"], cached["offsets"]
@@ -87,7 +89,7 @@ def label_classes(source, dataset: str, cache_root: str) -> list[np.ndarray]:
       return [values[offsets[i]:offsets[i + 1]] for i in range(len(source))]
     print(f"note: {path} does not match the {len(source)} images; scanning again",
           file=sys.stderr)
-  classes = _scan(source, f"{dataset} {source.split}")
+  classes = _scan(source, description)
   if path:
     offsets = np.cumsum([0] + [len(c) for c in classes])
     values = np.concatenate(classes).astype(np.uint8)
@@ -105,7 +107,7 @@ class StepLists:
   def __init__(self, config, task: tasks.Task, train_source, test_source):
     self.config, self.task = config, task
     self.sources = {"train": train_source, "test": test_source}
-    self._classes = {}
+    self._fingerprints, self._classes = {}, {}
 
   def train(self, step: int) -> np.ndarray:
     return self._indices("train", step)
@@ -119,15 +121,23 @@ class StepLists:
             "class_order": config.class_order, "overlap": bool(config.overlap),
             "split": split, "step": step}
 
+  def _fingerprint(self, split: str) -> str | None:
+    if split not in self._fingerprints:
+      self._fingerprints[split] = self.sources[split].fingerprint()
+    return self._fingerprints[split]
+
+  def _cache_dir(self, split: str) -> str | None:
+    return cache_dir(self.config.data.split_cache_dir, self.config.dataset,
+                     self.sources[split], self._fingerprint(split))
+
   def _cache_path(self, split: str, step: int) -> str | None:
-    source = self.sources[split]
-    cache_dir = _cache_dir(self.config.data.split_cache_dir, self.config.dataset, source)
-    if cache_dir is None:
+    source_cache_dir = self._cache_dir(split)
+    if source_cache_dir is None:
       return None
     order = zlib.crc32(self.config.class_order.encode()) if self.config.class_order else "natural"
     overlap = "ov" if self.config.overlap else "dis"
     name = f"{split}_{self.task.name}_{order}_{overlap}_step{step}.json"
-    return os.path.join(cache_dir, name)
+    return os.path.join(source_cache_dir, name)
 
   def _indices(self, split: str, step: int) -> np.ndarray:
     source = self.sources[split]
@@ -143,7 +153,7 @@ class StepLists:
     indices = self._compute(split, step)
     if path:
       names = [source.name(i) for i in indices]
-      record = {**self._key(split, step), "source_fingerprint": source.fingerprint(),
+      record = {**self._key(split, step), "source_fingerprint": self._fingerprint(split),
                 "num_images": len(names), "content_hash": content_hash(names),
                 "indices": indices.tolist(), "names": names}
       _write_atomically(path, lambda tmp: _write_json(tmp, record))
@@ -155,8 +165,8 @@ class StepLists:
       return domain_indices(source, task, step, split, self.config.data.domain_test_fraction,
                             self.config.data.domain_split_seed)
     if split not in self._classes:
-      self._classes[split] = label_classes(source, self.config.dataset,
-                                           self.config.data.split_cache_dir)
+      self._classes[split] = label_classes(
+          source, f"{self.config.dataset} {source.split}", self._cache_dir(split))
     classes = self._classes[split]
     if split == "train":
       keep = lambda c: tasks.keep_train_image(c, task, step, self.config.overlap)
