@@ -23,18 +23,20 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
+from gsc_jax import errors
+
 
 def parse_arg(arg: str) -> tuple[str, dict[str, str]]:
   """Splits ``TASK[,key=value,...]`` into the task name and a dict of overrides."""
   parts = [part.strip() for part in arg.split(",") if part.strip()]
   if not parts or "=" in parts[0]:
-    raise ValueError(
+    raise errors.InputError(
         f"config argument {arg!r} must start with a task name, e.g. '15-1' or "
         "'15-1,method=ft'")
   overrides = {}
   for part in parts[1:]:
     if "=" not in part:
-      raise ValueError(f"config argument part {part!r} is not of the form key=value")
+      raise errors.InputError(f"config argument part {part!r} is not of the form key=value")
     key, value = part.split("=", 1)
     overrides[key.strip()] = value.strip()
   return parts[0], overrides
@@ -59,7 +61,7 @@ def _parse_value(text: str, field_type):
       return True
     if lowered in ("false", "0", "no"):
       return False
-    raise ValueError(f"{text!r} is not a boolean (use true or false)")
+    raise errors.InputError(f"{text!r} is not a boolean (use true or false)")
   if field_type is str:
     return text
   if field_type in (int, float):
@@ -72,7 +74,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
   valid_paths = _field_paths(config)
   for key, text in overrides.items():
     if key not in valid_paths:
-      raise ValueError(
+      raise errors.InputError(
           f"unknown config key {key!r}; valid keys: {', '.join(sorted(valid_paths))}")
     *parents, leaf = key.split(".")
     node = config
@@ -188,7 +190,7 @@ def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
 def load_config_file(path: str):
   """Imports a config file (e.g. ``configs/synthetic.py``) as a module."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f"config file {path!r} does not exist")
+    raise errors.MissingFileError(f"config file {path!r} does not exist")
   spec = importlib.util.spec_from_file_location(
       os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(spec)

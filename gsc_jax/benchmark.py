@@ -28,6 +28,7 @@ from configs import common
 from gsc_jax import checkpoint
 from gsc_jax import main as gsc_main
 from gsc_jax import train
+from gsc_jax import errors
 
 _BENCHMARK = flags.DEFINE_string(
     "benchmark", "configs/synthetic_benchmark.py",
@@ -44,7 +45,7 @@ def load_module(path: str):
   module = common.load_config_file(path)
   for name in ("get_config", "SEEDS", "STEP0_METHOD", "RUNS"):
     if not hasattr(module, name):
-      raise ValueError(f"benchmark config {path!r} has no {name}")
+      raise errors.InputError(f"benchmark config {path!r} has no {name}")
   return module
 
 
@@ -125,7 +126,7 @@ def replace_between_markers(path: str, text: str) -> None:
   with open(path) as f:
     content = f.read()
   if README_START not in content or README_END not in content:
-    raise ValueError(f"{path} lacks the markers {README_START} / {README_END}")
+    raise errors.InputError(f"{path} lacks the markers {README_START} / {README_END}")
   head, rest = content.split(README_START, 1)
   _, tail = rest.split(README_END, 1)
   with open(path, "w") as f:

@@ -21,6 +21,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gsc_jax import errors
+
 
 def step_dir(workdir: str, step: int) -> str:
   return os.path.join(os.path.abspath(workdir), f"step_{step}")
@@ -97,7 +99,7 @@ def save_prototypes(workdir: str, step: int, prototypes: np.ndarray, seen: np.nd
 def load_prototypes(workdir: str, step: int) -> tuple[np.ndarray, np.ndarray]:
   path = os.path.join(step_dir(workdir, step), PROTOTYPES_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f"{path} is missing: GSC's prototypical re-labelling needs the prototypes of step "
         f"{step}; re-run that step with gsc.prototypes=true (step 0 always saves them)")
   with np.load(path) as data:
@@ -107,7 +109,7 @@ def load_prototypes(workdir: str, step: int) -> tuple[np.ndarray, np.ndarray]:
 def load_export(workdir: str, step: int, abstract_variables):
   """Loads step ``step``'s export into the shapes and shardings of ``abstract_variables``."""
   if not export_exists(workdir, step):
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f"no finished export of step {step} in {step_dir(workdir, step)}: run that step first")
   path = os.path.join(step_dir(workdir, step), "export")
   variables = ocp.StandardCheckpointer().restore(path, abstract_variables)

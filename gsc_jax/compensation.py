@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from gsc_jax.tasks import IGNORE_LABEL
+from gsc_jax import errors
 
 
 def group_of_channel(classes_per_step, grouping: str) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +44,7 @@ def group_of_channel(classes_per_step, grouping: str) -> tuple[np.ndarray, np.nd
   elif grouping == "class":
     groups = np.arange(len(step_of_channel), dtype=np.int32)
   else:
-    raise ValueError(f"unknown gsc.groups {grouping!r}; valid: step, cumulative, class")
+    raise errors.InputError(f"unknown gsc.groups {grouping!r}; valid: step, cumulative, class")
   num_groups = int(groups.max()) + 1
   is_current = np.zeros(num_groups, bool)
   is_current[groups[step_of_channel == current_step]] = True
@@ -56,7 +57,7 @@ def class_probabilities(logits, magnitude: str):
     return jax.nn.softmax(logits, axis=-1)
   if magnitude == "sigmoid":
     return jax.nn.sigmoid(logits)
-  raise ValueError(f"unknown gsc.magnitude {magnitude!r}; valid: softmax, sigmoid")
+  raise errors.InputError(f"unknown gsc.magnitude {magnitude!r}; valid: softmax, sigmoid")
 
 
 def scaled_magnitudes(targets, probabilities, exponent: float):

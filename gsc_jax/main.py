@@ -19,6 +19,7 @@ from ml_collections import config_flags
 
 from gsc_jax import methods
 from gsc_jax import train
+from gsc_jax import errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/synthetic.py:15-1", "Config file and argument.", lock_config=True)
@@ -55,7 +56,7 @@ def check_same_config(saved: dict, current: dict, workdir: str) -> None:
                  for key in sorted(set(saved) | set(current))
                  if key not in RESTARTABLE_FIELDS and saved.get(key) != current.get(key)]
   if differences:
-    raise ValueError(f"work dir {workdir} holds a run with a different config:\n  "
+    raise errors.InputError(f"work dir {workdir} holds a run with a different config:\n  "
                      + "\n  ".join(differences)
                      + "\nUse another --workdir, or the same settings to resume.")
 

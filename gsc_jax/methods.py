@@ -21,6 +21,7 @@ import ml_collections
 from gsc_jax import losses
 from gsc_jax import pseudo_labels
 from gsc_jax import tasks
+from gsc_jax import errors
 
 _NOTHING = {
     "loss.ce": "plain",
@@ -76,7 +77,7 @@ def resolve_preset(config: ml_collections.ConfigDict) -> list[str]:
   ``optim.epochs_step0``.
   """
   if config.method not in PRESETS:
-    raise ValueError(
+    raise errors.InputError(
         f"unknown method {config.method!r}; valid methods: {', '.join(sorted(PRESETS))}")
   domain_task = config.dataset in tasks.DOMAIN_INCREMENTAL_DATASETS
   values = {**PRESETS[config.method], **_published_values(config)}
@@ -93,7 +94,7 @@ def resolve_preset(config: ml_collections.ConfigDict) -> list[str]:
     switched_on = [path for path in NOT_FOR_DOMAIN_TASKS
                    if config[path.split(".")[0]][path.split(".")[1]]]
     if switched_on:
-      raise ValueError(
+      raise errors.InputError(
           f"{', '.join(switched_on)} cannot be used on the domain-incremental task "
           f"{config.dataset} {config.task}: every step labels every class, so there are no "
           "old classes hidden in the background and no step groups of classes; set them "
@@ -147,7 +148,7 @@ def classification_loss(logits, targets, nu, loss_config, num_old_classes: int):
     return losses.unbiased_cross_entropy(logits, targets, num_old_classes)
   if loss_config.ce in ("plain", "unbiased"):
     return losses.weighted_cross_entropy(logits, targets, nu)
-  raise ValueError(f"unknown loss.ce {loss_config.ce!r}; valid: plain, unbiased")
+  raise errors.InputError(f"unknown loss.ce {loss_config.ce!r}; valid: plain, unbiased")
 
 
 def mean_weight_per_class(targets, pixel_weights, num_old_classes: int):
@@ -187,6 +188,6 @@ def distillation_terms(outputs, targets, teacher_outputs, class_weights, config,
     terms["temperature_kd"] = gsc.temperature_kd_weight * losses.temperature_distillation(
         logits, teacher_logits, gsc.soft_temperature, gsc.sharp_temperature)
   elif gsc.relation:
-    raise ValueError(f"unknown gsc.relation_form {gsc.relation_form!r}; "
+    raise errors.InputError(f"unknown gsc.relation_form {gsc.relation_form!r}; "
                      "valid: soft_sharp, temperature")
   return terms

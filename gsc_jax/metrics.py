@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gsc_jax import tasks
+from gsc_jax import errors
 
 IOU_EPSILON = 1e-6
 MAX_COLUMN_NAME = 12  # longer group labels (non-natural class orders) become "step<k>"
@@ -97,7 +98,7 @@ def summarize_step(confusion, task: tasks.Task, step: int) -> dict:
   channel_classes = tasks.channel_order(task, step)
   num_channels = len(channel_classes)
   if confusion.shape != (num_channels, num_channels):
-    raise ValueError(f"confusion matrix of shape {confusion.shape} for step {step} of task "
+    raise errors.InputError(f"confusion matrix of shape {confusion.shape} for step {step} of task "
                      f"{task.name!r}, which has {num_channels} channels")
   channel_iou = class_iou(confusion)
   channel_has_gt = has_ground_truth(confusion)

@@ -11,6 +11,7 @@ import numpy as np
 
 from gsc_jax import losses
 from gsc_jax.tasks import IGNORE_LABEL
+from gsc_jax import errors
 
 ENTROPY_BINS = 100  # PLOP's histogram resolution for entropies
 
@@ -152,7 +153,7 @@ def prototype_similarity(features, prototypes, similarity: str):
     return jnp.einsum("bhwc,kc->bhwk", features, prototypes)
   if similarity == "euclidean":
     return -jnp.sum(jnp.square(features[..., None, :] - prototypes), axis=-1)
-  raise ValueError(f"unknown gsc.similarity {similarity!r}; valid: cosine, euclidean")
+  raise errors.InputError(f"unknown gsc.similarity {similarity!r}; valid: cosine, euclidean")
 
 
 def prototype_relabel(labels, teacher_logits, teacher_features, prototypes, prototype_seen,

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from gsc_jax import errors
+
 IGNORE_LABEL = 255
 BACKGROUND = 0
 LUT_SIZE = 256  # label images are uint8
@@ -85,7 +87,7 @@ class Task:
   def __post_init__(self):
     _check_partition(self.steps, self.num_classes, self.name)
     if self.domains is not None and len(self.domains) != len(self.steps):
-      raise ValueError(f"task {self.name!r}: {len(self.domains)} city groups for "
+      raise errors.InputError(f"task {self.name!r}: {len(self.domains)} city groups for "
                        f"{len(self.steps)} steps")
 
   @property
@@ -100,13 +102,13 @@ class Task:
 def _check_partition(steps, num_classes: int, name: str) -> None:
   """The steps must be a disjoint cover of 0..num_classes-1 with 0 in step 0."""
   if not 1 <= num_classes < IGNORE_LABEL:
-    raise ValueError(f"task {name!r}: num_classes={num_classes} must be in [1, "
+    raise errors.InputError(f"task {name!r}: num_classes={num_classes} must be in [1, "
                      f"{IGNORE_LABEL}) (labels are uint8 and {IGNORE_LABEL} means ignore)")
   if not steps or BACKGROUND not in steps[0]:
-    raise ValueError(f"task {name!r}: step 0 must contain class {BACKGROUND}")
+    raise errors.InputError(f"task {name!r}: step 0 must contain class {BACKGROUND}")
   all_classes = [c for step in steps for c in step]
   if sorted(all_classes) != list(range(num_classes)):
-    raise ValueError(f"task {name!r}: the steps {steps} do not partition the classes "
+    raise errors.InputError(f"task {name!r}: the steps {steps} do not partition the classes "
                      f"0..{num_classes - 1}")
 
 
@@ -124,7 +126,7 @@ def get_task(dataset: str, name: str, num_classes: int | None = None,
   if dataset in DOMAIN_INCREMENTAL_DATASETS:
     _check_dataset_num_classes(dataset, num_classes)
     if class_order is not None:
-      raise ValueError("class_order does not apply to cityscapes: its tasks are "
+      raise errors.InputError("class_order does not apply to cityscapes: its tasks are "
                        "domain-incremental and learn every class at step 0")
     return _cityscapes_task(_resolve_name(dataset, name, CITYSCAPES_DOMAIN_TASKS))
   if dataset in ("voc", "ade"):
@@ -137,7 +139,7 @@ def get_task(dataset: str, name: str, num_classes: int | None = None,
     num_classes = 21 if num_classes is None else int(num_classes)
     name, step_sizes = _synthetic_step_sizes(name, num_classes)
   else:
-    raise ValueError(f"unknown dataset {dataset!r}; valid datasets: "
+    raise errors.InputError(f"unknown dataset {dataset!r}; valid datasets: "
                      "voc, ade, cityscapes, synthetic")
   ordered_classes = _ordered_classes(class_order, num_classes)
   return Task(dataset=dataset, name=name, steps=_split(ordered_classes, step_sizes),
@@ -156,7 +158,7 @@ def valid_task_names(dataset: str, num_classes: int | None = None) -> list[str]:
     return list(dict.fromkeys(names))
   registry = {"voc": VOC_TASKS, "ade": ADE_TASKS, "cityscapes": CITYSCAPES_DOMAIN_TASKS}
   if dataset not in registry:
-    raise ValueError(f"unknown dataset {dataset!r}; valid datasets: "
+    raise errors.InputError(f"unknown dataset {dataset!r}; valid datasets: "
                      "voc, ade, cityscapes, synthetic")
   return list(registry[dataset]) + list(TASK_ALIASES.get(dataset, {}))
 
@@ -177,7 +179,7 @@ def _resolve_name(dataset: str, name: str, registry: dict) -> str:
 def _check_dataset_num_classes(dataset: str, num_classes: int | None) -> None:
   expected = DATASET_NUM_CLASSES[dataset]
   if num_classes is not None and int(num_classes) != expected:
-    raise ValueError(f"dataset {dataset!r} has {expected} label ids, got "
+    raise errors.InputError(f"dataset {dataset!r} has {expected} label ids, got "
                      f"num_classes={num_classes}")
 
 
@@ -201,10 +203,10 @@ def _generic_step_sizes(name: str, num_classes: int) -> tuple[int, ...]:
   first, group = int(parts[0]), int(parts[1])
   num_later_classes = num_classes - 1 - first
   if first < 1 or group < 1 or num_later_classes < 1:
-    raise ValueError(f"task {name!r} does not fit {num_classes} classes: need "
+    raise errors.InputError(f"task {name!r} does not fit {num_classes} classes: need "
                      f"1 <= A < {num_classes - 1} and B >= 1 in 'A-B'")
   if num_later_classes % group:
-    raise ValueError(f"task {name!r}: the {num_later_classes} classes after 0..{first} "
+    raise errors.InputError(f"task {name!r}: the {num_later_classes} classes after 0..{first} "
                      f"do not split into groups of {group} (num_classes={num_classes})")
   return (first + 1,) + (group,) * (num_later_classes // group)
 
@@ -221,7 +223,7 @@ def _ordered_classes(class_order: Sequence[int] | None, num_classes: int) -> lis
     duplicates = sorted({c for c in order if order.count(c) > 1})
     missing = sorted(expected - set(order))
     extra = sorted(set(order) - expected)
-    raise ValueError(
+    raise errors.InputError(
         f"class_order must be a permutation of 1..{num_classes - 1} (optionally preceded "
         f"by 0); missing {missing}, unexpected {extra}, repeated {duplicates}")
   return [BACKGROUND] + order
@@ -249,7 +251,7 @@ def _cityscapes_task(name: str) -> Task:
 
 def _check_step(task: Task, step: int) -> None:
   if not 0 <= step < len(task.steps):
-    raise ValueError(f"step {step} is outside task {task.name!r} "
+    raise errors.InputError(f"step {step} is outside task {task.name!r} "
                      f"(steps 0..{len(task.steps) - 1})")
 
 
@@ -339,7 +341,7 @@ def apply_label_lut(label: np.ndarray, lut: np.ndarray, num_classes: int,
   else:
     valid = not invalid_label_values(label, num_classes)
   if not valid:
-    raise ValueError(f"label {name!r} holds values {invalid_label_values(label, num_classes)} "
+    raise errors.InputError(f"label {name!r} holds values {invalid_label_values(label, num_classes)} "
                      f"outside [0, {num_classes}) other than {IGNORE_LABEL}")
   return np.asarray(lut, dtype=np.uint8)[label.astype(np.intp)]
 
@@ -389,15 +391,15 @@ def keep_domain_image(city: str, task: Task, step: int, split: str) -> bool:
   "val") uses every city seen so far (steps 0..step)."""
   _check_step(task, step)
   if not task.is_domain_incremental:
-    raise ValueError(f"task {task.dataset} {task.name!r} is not domain-incremental")
+    raise errors.InputError(f"task {task.dataset} {task.name!r} is not domain-incremental")
   all_cities = {c for cities in task.domains for c in cities}
   if city not in all_cities:
-    raise ValueError(f"unknown city {city!r}; valid cities: {', '.join(sorted(all_cities))}")
+    raise errors.InputError(f"unknown city {city!r}; valid cities: {', '.join(sorted(all_cities))}")
   if split == "train":
     return city in task.domains[step]
   if split in ("test", "val"):
     return any(city in cities for cities in task.domains[:step + 1])
-  raise ValueError(f"unknown split {split!r}; valid splits: train, test, val")
+  raise errors.InputError(f"unknown split {split!r}; valid splits: train, test, val")
 
 
 def step_indices(label_classes: Sequence[np.ndarray],

@@ -39,6 +39,7 @@ from gsc_jax.data import splits
 from gsc_jax.models import convert
 from gsc_jax.models import deeplab
 from gsc_jax.models import incremental
+from gsc_jax import errors
 
 
 class InterruptedRun(Exception):
@@ -148,7 +149,7 @@ def make_train_step(model, teacher_model, optimizer, config, classes_per_step):
   compensator = compensation_weights = None
   if teacher_model is not None and config.gsc.compensation:
     if config.loss.ce != "plain":
-      raise ValueError("gsc.compensation scales the gradients of the plain cross-entropy on "
+      raise errors.InputError("gsc.compensation scales the gradients of the plain cross-entropy on "
                        f"the (pseudo-)labels; it cannot be used with loss.ce={config.loss.ce}")
     groups, is_current_group = compensation.group_of_channel(classes_per_step,
                                                              config.gsc.groups)
@@ -242,7 +243,7 @@ class Run:
     for name, batch_size in (("optim.batch_size", config.optim.batch_size),
                              ("data.eval_batch_size", config.data.eval_batch_size)):
       if batch_size % jax.device_count():
-        raise ValueError(f"{name}={batch_size} must be divisible by the "
+        raise errors.InputError(f"{name}={batch_size} must be divisible by the "
                          f"{jax.device_count()} devices")
     self.train_source = pipeline.make_source(config, "train")
     self.val_source = pipeline.make_source(config, "val")
@@ -288,7 +289,7 @@ class Run:
     config, task = self.config, self.task
     indices = self.step_lists.train(step)
     if len(indices) < config.optim.batch_size:
-      raise ValueError(f"step {step} has {len(indices)} training images, fewer than one "
+      raise errors.InputError(f"step {step} has {len(indices)} training images, fewer than one "
                        f"global batch ({config.optim.batch_size})")
     epochs = config.optim.epochs_step0 if step == 0 else config.optim.epochs_incremental
     base_lr = config.optim.lr_step0 if step == 0 else config.optim.lr_incremental
@@ -399,7 +400,7 @@ class Run:
     num_old = tasks.num_old_classes(self.task, step)
     mode = config.pseudo.thresholds
     if mode not in ("histogram", "median"):
-      raise ValueError(f"unknown pseudo.thresholds {mode!r}; valid: histogram, median")
+      raise errors.InputError(f"unknown pseudo.thresholds {mode!r}; valid: histogram, median")
 
     @jax.jit
     def teacher_pass(variables, batch):
@@ -504,7 +505,7 @@ def task_of(config) -> tasks.Task:
     try:
       class_order = [int(part) for part in config.class_order.split(",")]
     except ValueError:
-      raise ValueError(f"class_order {config.class_order!r} must be comma-separated "
+      raise errors.InputError(f"class_order {config.class_order!r} must be comma-separated "
                        "integers") from None
   return tasks.get_task(config.dataset, config.task, num_classes=config.data.num_classes,
                         class_order=class_order)
@@ -515,14 +516,14 @@ def task_of(config) -> tasks.Task:
 def _reuse_step0(run: Run, other_workdir: str) -> None:
   """Copies another run's finished step-0 export (and its evaluation) into this work dir."""
   if not checkpoint.export_exists(other_workdir, 0):
-    raise FileNotFoundError(f"init_step0_from={other_workdir!r} has no finished step-0 export "
+    raise errors.MissingFileError(f"init_step0_from={other_workdir!r} has no finished step-0 export "
                             f"(expected {checkpoint.step_dir(other_workdir, 0)}/export_meta.json)")
   other_meta = checkpoint.read_json(
       os.path.join(checkpoint.step_dir(other_workdir, 0), "export_meta.json"))
   own_meta = run.export_meta(0)
   for key in ("dataset", "classes_per_step", "model"):
     if other_meta.get(key) != own_meta[key]:
-      raise ValueError(f"init_step0_from={other_workdir!r}: its step 0 has {key}="
+      raise errors.InputError(f"init_step0_from={other_workdir!r}: its step 0 has {key}="
                        f"{other_meta.get(key)}, this run needs {own_meta[key]}")
   if other_meta.get("void_to_background") != own_meta["void_to_background"]:
     log(f"note: the reused step 0 was trained with data.void_to_background="
@@ -565,12 +566,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   num_steps = len(run.task.steps)
   last_step = num_steps - 1 if config.last_step < 0 else config.last_step
   if not 0 <= config.first_step <= last_step < num_steps:
-    raise ValueError(f"steps {config.first_step}..{last_step} are outside task "
+    raise errors.InputError(f"steps {config.first_step}..{last_step} are outside task "
                      f"{config.task!r}, which has steps 0..{num_steps - 1}")
   if config.init_step0_from and config.first_step == 0 and not _step_finished(workdir, 0):
     _reuse_step0(run, config.init_step0_from)
   if config.first_step > 0 and not checkpoint.export_exists(workdir, config.first_step - 1):
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f"first_step={config.first_step} needs the export of step {config.first_step - 1} "
         f"in {workdir}; run the earlier steps first (or set init_step0_from)")
   log(f"task {config.dataset} {config.task}: {num_steps} steps "

@@ -16,6 +16,7 @@ kept as class id 0 (whether it is ignored at evaluation is decided by the task, 
 import os
 
 from gsc_jax.data import files
+from gsc_jax import errors
 
 IMAGE_DIR = "images"
 LABEL_DIR = "annotations"
@@ -38,7 +39,7 @@ def canonical_split(split: str) -> str:
   """"training" or "validation" for ``split`` (also "train" / "val"); ValueError otherwise."""
   split = SPLIT_ALIASES.get(split, split)
   if split not in SPLITS:
-    raise ValueError(f"unknown ADE20K split {split!r}; valid splits: "
+    raise errors.InputError(f"unknown ADE20K split {split!r}; valid splits: "
                      f"{', '.join(SPLITS + tuple(SPLIT_ALIASES))}")
   return split
 
@@ -68,7 +69,7 @@ def list_entries(root: str, split: str) -> list[tuple[str, str, str]]:
   image_names = sorted(file_name for file_name in os.listdir(image_dir)
                        if file_name.endswith(".jpg"))
   if not image_names:
-    raise FileNotFoundError(f"no .jpg images in {image_dir!r}; re-extract "
+    raise errors.MissingFileError(f"no .jpg images in {image_dir!r}; re-extract "
                             "ADEChallengeData2016.zip")
   entries = []
   for image_name in image_names:
@@ -76,7 +77,7 @@ def list_entries(root: str, split: str) -> list[tuple[str, str, str]]:
     image_path = os.path.join(image_dir, image_name)
     label_path = os.path.join(label_dir, name + ".png")
     if not os.path.isfile(label_path):
-      raise FileNotFoundError(
+      raise errors.MissingFileError(
           f"annotation of image {image_path!r} not found: {label_path!r}; every image "
           "needs its annotation: re-extract ADEChallengeData2016.zip")
     entries.append((name, image_path, label_path))
@@ -94,5 +95,5 @@ class ADE20KSegmentation(files.FileSegmentation):
     files.check_num_classes(num_classes)
     split = canonical_split(split)
     if not os.path.isdir(root):
-      raise FileNotFoundError(_missing_root_message(root))
+      raise errors.MissingFileError(_missing_root_message(root))
     super().__init__(root, split, list_entries(root, split), num_classes)

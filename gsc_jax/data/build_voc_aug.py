@@ -33,6 +33,7 @@ from PIL import Image
 
 from gsc_jax.data import files
 from gsc_jax.data import voc
+from gsc_jax import errors
 
 VOC_NUM_CLASSES = 21
 # The split sizes of the published SegmentationClassAug (MiB, PLOP, ...).
@@ -48,7 +49,7 @@ def _require_input(path: str, what: str, directory: bool = False) -> None:
   """FileNotFoundError naming the missing input file (or ``directory``) ``path``; ``what``
   says what it is."""
   if not (os.path.isdir(path) if directory else os.path.isfile(path)):
-    raise FileNotFoundError(f"{what} not found: {path!r}; check --voc / --sbd point to the "
+    raise errors.MissingFileError(f"{what} not found: {path!r}; check --voc / --sbd point to the "
                             "extracted VOC 2012 and SBD (benchmark_RELEASE) releases")
 
 
@@ -58,7 +59,7 @@ def read_id_list(path: str) -> list[str]:
   with open(path) as list_file:
     ids = [line.strip() for line in list_file if line.strip()]
   if not ids:
-    raise ValueError(f"id list {path!r} is empty; re-extract the release it belongs to")
+    raise errors.InputError(f"id list {path!r} is empty; re-extract the release it belongs to")
   return ids
 
 
@@ -69,14 +70,14 @@ def read_sbd_label(path: str) -> np.ndarray:
         path, squeeze_me=True, struct_as_record=False)["GTcls"].Segmentation
   except (OSError, ValueError, KeyError, AttributeError, TypeError,
           scipy.io.matlab.MatReadError) as error:
-    raise ValueError(f"cannot read the GTcls.Segmentation of SBD label {path!r} ({error}); "
+    raise errors.InputError(f"cannot read the GTcls.Segmentation of SBD label {path!r} ({error}); "
                      "the file is corrupt or not an SBD cls .mat: re-extract it") from error
   segmentation = np.asarray(segmentation)
   if segmentation.ndim != 2 or not np.issubdtype(segmentation.dtype, np.integer):
-    raise ValueError(f"SBD label {path!r}: GTcls.Segmentation is {segmentation.dtype} "
+    raise errors.InputError(f"SBD label {path!r}: GTcls.Segmentation is {segmentation.dtype} "
                      f"{list(segmentation.shape)}, expected a 2-D integer class-id map")
   if segmentation.min() < 0 or segmentation.max() > 255:
-    raise ValueError(f"SBD label {path!r} has values outside 0..255 "
+    raise errors.InputError(f"SBD label {path!r} has values outside 0..255 "
                      f"({segmentation.min()}..{segmentation.max()}); expected class ids")
   return segmentation.astype(np.uint8)
 
@@ -137,7 +138,7 @@ def build(voc_root: str, sbd_root: str, out_root: str) -> dict:
       label_path, label = sbd_label_path, read_sbd_label(sbd_label_path)
       labels_from_sbd += 1
     else:
-      raise FileNotFoundError(
+      raise errors.MissingFileError(
           f"no label for image {image_id!r}: neither {voc_label_path!r} nor "
           f"{sbd_label_path!r} exists; re-extract VOC 2012 and SBD")
     files.check_label_range(label, VOC_NUM_CLASSES, label_path)

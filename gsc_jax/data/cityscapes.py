@@ -20,6 +20,7 @@ import numpy as np
 
 from gsc_jax.data import files
 from gsc_jax.tasks import CITYSCAPES_CITIES, IGNORE_LABEL, LUT_SIZE
+from gsc_jax import errors
 
 IMAGE_DIR = "leftImg8bit"
 LABEL_DIR = "gtFine"
@@ -114,13 +115,13 @@ def list_entries(root: str, split: str) -> tuple[list[tuple[str, str, str]], lis
   city_names = sorted(city for city in os.listdir(image_split_dir)
                       if os.path.isdir(os.path.join(image_split_dir, city)))
   if not city_names:
-    raise FileNotFoundError(f"no city directories in {image_split_dir!r}; re-extract "
+    raise errors.MissingFileError(f"no city directories in {image_split_dir!r}; re-extract "
                             "leftImg8bit_trainvaltest.zip")
   entries, cities = [], []
   for city in city_names:
     image_dir = os.path.join(image_split_dir, city)
     if city not in CITYSCAPES_CITIES:
-      raise ValueError(f"{image_dir!r} is not a Cityscapes city: {city!r} is not one of "
+      raise errors.InputError(f"{image_dir!r} is not a Cityscapes city: {city!r} is not one of "
                        f"the 21 train+val cities {', '.join(CITYSCAPES_CITIES)}; remove "
                        "it from the tree")
     label_dir = os.path.join(label_split_dir, city)
@@ -128,14 +129,14 @@ def list_entries(root: str, split: str) -> tuple[list[tuple[str, str, str]], lis
     image_names = sorted(file_name for file_name in os.listdir(image_dir)
                          if file_name.endswith(IMAGE_SUFFIX))
     if not image_names:
-      raise FileNotFoundError(f"no *{IMAGE_SUFFIX} images in city directory "
+      raise errors.MissingFileError(f"no *{IMAGE_SUFFIX} images in city directory "
                               f"{image_dir!r}; re-extract leftImg8bit_trainvaltest.zip")
     for image_name in image_names:
       name = image_name[:-len(IMAGE_SUFFIX)]
       image_path = os.path.join(image_dir, image_name)
       label_path = os.path.join(label_dir, name + LABEL_SUFFIX)
       if not os.path.isfile(label_path):
-        raise FileNotFoundError(
+        raise errors.MissingFileError(
             f"label of image {image_path!r} not found: {label_path!r}; every image needs "
             "its gtFine labelIds: re-extract gtFine_trainvaltest.zip")
       entries.append((name, image_path, label_path))
@@ -152,10 +153,10 @@ class CityscapesSegmentation(files.FileSegmentation):
   def __init__(self, root: str, split: str, num_classes: int = 19):
     files.check_num_classes(num_classes)
     if split not in SPLITS:
-      raise ValueError(f"unknown Cityscapes split {split!r}; valid splits: "
+      raise errors.InputError(f"unknown Cityscapes split {split!r}; valid splits: "
                        f"{', '.join(SPLITS)}")
     if not os.path.isdir(root):
-      raise FileNotFoundError(_missing_root_message(root))
+      raise errors.MissingFileError(_missing_root_message(root))
     entries, self._cities = list_entries(root, split)
     super().__init__(root, split, entries, num_classes, label_lut=label_id_lut())
 
@@ -173,7 +174,7 @@ class CityscapesSegmentation(files.FileSegmentation):
     values = np.unique(raw_label)
     invalid = values[values > MAX_LABEL_ID]
     if invalid.size:
-      raise ValueError(
+      raise errors.InputError(
           f"label {label_path!r} has values {invalid.tolist()} above {MAX_LABEL_ID}: "
           f"labelIds images hold 0..{MAX_LABEL_ID}; is this a *{LABEL_SUFFIX}? (not "
           "*_gtFine_color.png, *_gtFine_instanceIds.png or a trainIds image)")

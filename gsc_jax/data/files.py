@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from gsc_jax.tasks import IGNORE_LABEL, LUT_SIZE
+from gsc_jax import errors
 
 # PIL modes whose pixel values are the stored 8-bit indices.
 INDEX_LABEL_MODES = ("P", "L")
@@ -42,14 +43,14 @@ def require_file(path: str, kind: str, hint: str) -> None:
   ``hint`` follows the path in the message: where the path came from and what to do.
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{kind} file not found: {path!r} {hint}")
+    raise errors.MissingFileError(f"{kind} file not found: {path!r} {hint}")
 
 
 def require_directory(path: str, dataset: str, expected_tree: str, remedy: str) -> None:
   """FileNotFoundError naming ``path`` and showing the dataset's expected tree if ``path``
   is not a directory; ``remedy`` says what to do."""
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"{dataset} directory not found: {path!r}. Expected tree:\n"
+    raise errors.MissingFileError(f"{dataset} directory not found: {path!r}. Expected tree:\n"
                             f"{expected_tree}\n{remedy}")
 
 
@@ -60,7 +61,7 @@ def decode_image(path: str) -> np.ndarray:
       # convert() decodes; grey-scale or CMYK JPEGs become RGB like in torchvision loaders.
       return np.asarray(image.convert("RGB"), dtype=np.uint8)
   except (OSError, SyntaxError, ValueError) as error:
-    raise ValueError(f"cannot decode image {path!r} ({error}); the file is corrupt or not "
+    raise errors.InputError(f"cannot decode image {path!r} ({error}); the file is corrupt or not "
                      "an image: re-download or re-extract it") from error
 
 
@@ -70,7 +71,7 @@ def image_size(path: str) -> tuple[int, int]:
     with Image.open(path) as image:
       width, height = image.size
   except (OSError, SyntaxError, ValueError) as error:
-    raise ValueError(f"cannot read image {path!r} ({error}); the file is corrupt or not "
+    raise errors.InputError(f"cannot read image {path!r} ({error}); the file is corrupt or not "
                      "an image: re-download or re-extract it") from error
   return height, width
 
@@ -88,15 +89,15 @@ def decode_label(path: str) -> np.ndarray:
         # No convert(): for mode 'P' the array holds the palette indices, i.e. the ids.
         return np.asarray(label, dtype=np.uint8)
   except (OSError, SyntaxError, ValueError) as error:
-    raise ValueError(f"cannot decode label {path!r} ({error}); the file is corrupt or not "
+    raise errors.InputError(f"cannot decode label {path!r} ({error}); the file is corrupt or not "
                      "an image: re-download or re-extract it") from error
   if mode in COLOUR_LABEL_MODES:
-    raise ValueError(
+    raise errors.InputError(
         f"label {path!r} is a colour image (PIL mode {mode!r}), not single-channel class "
         "ids: a colour-coded label must be converted to class ids (an 8-bit 'P' or 'L' "
         "PNG whose pixel values are 0..num_classes-1, 255 = void), e.g. the SBD "
         "SegmentationClassAug labels")
-  raise ValueError(f"label {path!r} has PIL mode {mode!r}; expected an 8-bit "
+  raise errors.InputError(f"label {path!r} has PIL mode {mode!r}; expected an 8-bit "
                    "single-channel PNG (mode 'P' or 'L') of class ids, 255 = void")
 
 
@@ -104,7 +105,7 @@ def check_same_size(image_height_width: tuple[int, int], label: np.ndarray, imag
                     label_path: str) -> None:
   """ValueError naming both files if ``label`` is not of the image's (height, width)."""
   if label.shape != tuple(image_height_width):
-    raise ValueError(
+    raise errors.InputError(
         f"label {label_path!r} is {label.shape[0]}x{label.shape[1]} (HxW) but its image "
         f"{image_path!r} is {image_height_width[0]}x{image_height_width[1]}; the label must "
         "have the image's size")
@@ -118,7 +119,7 @@ def check_label_range(label: np.ndarray, num_classes: int, label_path: str,
   invalid = values[(values >= num_classes) & (values != IGNORE_LABEL)]
   if invalid.size:
     after_mapping = " after the label mapping" if mapped else ""
-    raise ValueError(
+    raise errors.InputError(
         f"label {label_path!r} has values {invalid.tolist()}{after_mapping} outside "
         f"[0, {num_classes}) and other than {IGNORE_LABEL} (void); check "
         f"data.num_classes={num_classes} and that the file holds class ids")
@@ -127,7 +128,7 @@ def check_label_range(label: np.ndarray, num_classes: int, label_path: str,
 def check_num_classes(num_classes: int) -> int:
   """``num_classes`` as an int; ValueError if uint8 labels with void 255 cannot hold it."""
   if not 1 <= num_classes <= IGNORE_LABEL:
-    raise ValueError(f"num_classes must be in [1, {IGNORE_LABEL}] (uint8 labels, "
+    raise errors.InputError(f"num_classes must be in [1, {IGNORE_LABEL}] (uint8 labels, "
                      f"{IGNORE_LABEL} = void), got {num_classes}")
   return int(num_classes)
 
@@ -149,10 +150,10 @@ class FileSegmentation:
     if label_lut is not None:
       label_lut = np.asarray(label_lut)
       if label_lut.shape != (LUT_SIZE,) or label_lut.dtype != np.uint8:
-        raise ValueError(f"label_lut must be uint8 [{LUT_SIZE}], got {label_lut.dtype} "
+        raise errors.InputError(f"label_lut must be uint8 [{LUT_SIZE}], got {label_lut.dtype} "
                          f"{list(label_lut.shape)}")
     if not entries:
-      raise ValueError(f"{type(self).__name__} of split {split!r} under {root!r} has no "
+      raise errors.InputError(f"{type(self).__name__} of split {split!r} under {root!r} has no "
                        "images")
     self.root = root
     self.split = split

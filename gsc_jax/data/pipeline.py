@@ -17,6 +17,7 @@ from gsc_jax.data import cityscapes
 from gsc_jax.data import synthetic
 from gsc_jax.data import transforms
 from gsc_jax.data import voc
+from gsc_jax import errors
 
 
 DATASETS = ("synthetic", "voc", "ade", "cityscapes")
@@ -32,7 +33,7 @@ def make_source(config, split: str):
   """
   data = config.data
   if config.dataset not in DATASETS:
-    raise ValueError(f"unknown dataset {config.dataset!r}; valid datasets: "
+    raise errors.InputError(f"unknown dataset {config.dataset!r}; valid datasets: "
                      f"{', '.join(DATASETS)}")
   if config.dataset == "synthetic":
     num_images = data.num_train_images if split == "train" else data.num_val_images
@@ -40,17 +41,17 @@ def make_source(config, split: str):
         split, num_images, num_classes=data.num_classes, image_size=data.image_size,
         seed=data.dataset_seed)
   if data.source not in SOURCES:
-    raise ValueError(f"unknown data.source {data.source!r}; valid: {', '.join(SOURCES)}")
+    raise errors.InputError(f"unknown data.source {data.source!r}; valid: {', '.join(SOURCES)}")
   if data.source == "tfds":
     from gsc_jax.data import tfds_source  # only here: tensorflow_datasets is slow to import
     if not data.tfds_dir:
-      raise ValueError("data.source=tfds needs data.tfds_dir (the directory or gs:// path "
+      raise errors.InputError("data.source=tfds needs data.tfds_dir (the directory or gs:// path "
                        "the datasets were built into; see docs/tfds.md)")
     make = lambda split: tfds_source.TFDSSegmentation(
         config.dataset, split, data.tfds_dir, num_classes=data.num_classes)
   else:
     if not data.root:
-      raise ValueError(f"data.root is empty: set it to the {config.dataset} directory "
+      raise errors.InputError(f"data.root is empty: set it to the {config.dataset} directory "
                        "(the expected trees are in the README)")
     make = {
         "voc": lambda split: voc.VOCSegmentation(
@@ -153,7 +154,7 @@ def train_dataset(config, source, indices, label_lut, seed: int,
   """Infinite iterator dataset of this process's share of the global train batches."""
   batch_size = config.optim.batch_size
   if batch_size % process_count:
-    raise ValueError(f"optim.batch_size={batch_size} is not divisible by the "
+    raise errors.InputError(f"optim.batch_size={batch_size} is not divisible by the "
                      f"{process_count} processes")
   data = config.data
   dataset = (grain.MapDataset.source(SubsetSource(source, indices))
@@ -176,7 +177,7 @@ def eval_dataset(config, source, indices, label_lut,
   data = config.data
   global_batch = data.eval_batch_size
   if global_batch % process_count:
-    raise ValueError(f"data.eval_batch_size={global_batch} is not divisible by the "
+    raise errors.InputError(f"data.eval_batch_size={global_batch} is not divisible by the "
                      f"{process_count} processes")
   num_batches = -(-len(indices) // global_batch)
   padded = np.full(num_batches * global_batch, -1, np.int64)
@@ -187,7 +188,7 @@ def eval_dataset(config, source, indices, label_lut,
     preprocess = transforms.EvalPreprocess(crop_size=None,
                                            pad_to=(data.eval_size, data.eval_size))
   else:
-    raise ValueError(f"unknown data.eval_mode {data.eval_mode!r}; valid: center_crop, full")
+    raise errors.InputError(f"unknown data.eval_mode {data.eval_mode!r}; valid: center_crop, full")
   dataset = grain.MapDataset.source(
       SubsetSource(source, padded, blank_shape=(data.eval_size, data.eval_size)))
   dataset = dataset[process_index::process_count]

@@ -33,6 +33,7 @@ import zlib
 import numpy as np
 
 from gsc_jax import tasks
+from gsc_jax import errors
 
 SCAN_THREADS = 8  # PNG decoding releases the GIL
 DEFAULT_CACHE_ROOT = "~/.cache/gsc_jax/splits"  # as data.split_cache_dir in configs/common.py
@@ -192,7 +193,7 @@ def domain_indices(source, task: tasks.Task, step: int, split: str, test_fractio
   are permuted with a generator seeded by (seed, city) and the first
   ``round((1 - test_fraction) * n)`` form its train part."""
   if not 0.0 < test_fraction < 1.0:
-    raise ValueError(f"data.domain_test_fraction must be in (0, 1), got {test_fraction}")
+    raise errors.InputError(f"data.domain_test_fraction must be in (0, 1), got {test_fraction}")
   cities = np.asarray([source.city(i) for i in range(len(source))])
   names = np.asarray([source.name(i) for i in range(len(source))])
   selected = []

@@ -67,6 +67,8 @@ import time
 import numpy as np
 from PIL import Image
 
+from gsc_jax import errors
+
 VOID_LABEL = 255
 SPLITS = {"train": 0, "val": 1}
 REFERENCE_IMAGE_SIZE = 128  # Pixel sizes below (periods, line widths) are given at this size.
@@ -132,7 +134,7 @@ def describe_classes(num_classes: int) -> list[str]:
 
 def _check_num_classes(num_classes: int) -> None:
   if not 2 <= num_classes <= VOID_LABEL:
-    raise ValueError(f"num_classes must be in [2, {VOID_LABEL}] (uint8 labels, "
+    raise errors.InputError(f"num_classes must be in [2, {VOID_LABEL}] (uint8 labels, "
                      f"{VOID_LABEL} = void), got {num_classes}")
 
 
@@ -243,7 +245,7 @@ def _shape_mask(shape: str, u, v, half_size: float, aspect: float) -> np.ndarray
     along_u = (np.abs(u) <= major) & (np.abs(v) <= arm)
     along_v = (np.abs(u) <= arm) & (np.abs(v) <= minor)
     return along_u | along_v
-  raise ValueError(f"unknown shape {shape!r}; valid shapes: {', '.join(SHAPES)}")
+  raise errors.InputError(f"unknown shape {shape!r}; valid shapes: {', '.join(SHAPES)}")
 
 
 def object_mask(obj: PlacedObject, image_size: int):
@@ -401,7 +403,7 @@ def _texture_mask(texture: str, ys, xs, period: float, phase_y: float, phase_x: 
     return (y % period - half) ** 2 + (x % period - half) ** 2 <= (0.3 * period) ** 2
   if texture == "ringed":
     return np.hypot(ys - centre_y, xs - centre_x) % period < half
-  raise ValueError(f"unknown texture {texture!r}; valid textures: {', '.join(TEXTURES)}")
+  raise errors.InputError(f"unknown texture {texture!r}; valid textures: {', '.join(TEXTURES)}")
 
 
 def _draw_object(rng, image, obj: PlacedObject, box, mask, attributes, scale: float) -> None:
@@ -456,11 +458,11 @@ class SyntheticSegmentation:
   def __init__(self, split: str, num_images: int, num_classes: int = 21,
                image_size: int = 128, seed: int = 0):
     if split not in SPLITS:
-      raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+      raise errors.InputError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     if num_images < 0:
-      raise ValueError(f"num_images must be >= 0, got {num_images}")
+      raise errors.InputError(f"num_images must be >= 0, got {num_images}")
     if image_size < 16:
-      raise ValueError(f"image_size must be >= 16, got {image_size}")
+      raise errors.InputError(f"image_size must be >= 16, got {image_size}")
     _check_num_classes(num_classes)
     self.split = split
     self.num_images = int(num_images)

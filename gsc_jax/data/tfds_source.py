@@ -20,6 +20,7 @@ from PIL import Image
 
 from gsc_jax.data import files
 from gsc_jax.tfds_builders import builders
+from gsc_jax import errors
 
 # Split names of the pipeline -> split names of the built datasets.
 TFDS_SPLITS = {"train": "train", "val": "validation"}
@@ -48,20 +49,20 @@ class TFDSSegmentation:
 
   def __init__(self, dataset: str, split: str, data_dir: str, num_classes: int):
     if dataset not in builders.BUILDERS:
-      raise ValueError(f"unknown tfds dataset {dataset!r}; valid datasets: "
+      raise errors.InputError(f"unknown tfds dataset {dataset!r}; valid datasets: "
                        f"{', '.join(builders.BUILDERS)}")
     if split not in TFDS_SPLITS:
-      raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(TFDS_SPLITS)}")
+      raise errors.InputError(f"unknown split {split!r}; valid splits: {', '.join(TFDS_SPLITS)}")
     self.num_classes = files.check_num_classes(num_classes)
     builder = builders.BUILDERS[dataset](data_dir=data_dir)
     if not builder.is_prepared():
-      raise FileNotFoundError(
+      raise errors.MissingFileError(
           f"tfds dataset {builder.name!r} version {builder.version} not found under "
           f"data_dir={data_dir!r} (expected {str(builder.data_path)!r}). Build it from the "
           f"dataset tree with:\n  {build_command(dataset, data_dir)}\n(see docs/tfds.md)")
     built_num_classes = builder.info.metadata["num_classes"]
     if built_num_classes != self.num_classes:
-      raise ValueError(
+      raise errors.InputError(
           f"num_classes={self.num_classes} but tfds dataset {builder.name!r} under "
           f"{data_dir!r} holds {built_num_classes} classes; set "
           f"data.num_classes={built_num_classes}")
@@ -105,7 +106,7 @@ class TFDSSegmentation:
     try:
       with Image.open(io.BytesIO(example["label"])) as label_image:
         if label_image.mode != "L":
-          raise ValueError(f"PIL mode {label_image.mode!r}, expected 'L'")
+          raise errors.InputError(f"PIL mode {label_image.mode!r}, expected 'L'")
         label = np.asarray(label_image, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as error:
       raise _corrupt(description, error) from error
@@ -130,7 +131,7 @@ class TFDSSegmentation:
   def city(self, index: int) -> str:
     """The city of image ``index`` (cityscapes only)."""
     if "city" not in self._texts:
-      raise ValueError(f"city() is only defined for cityscapes, not {self.dataset!r}")
+      raise errors.InputError(f"city() is only defined for cityscapes, not {self.dataset!r}")
     return self._texts["city"][self._check_index(index)]
 
   def read_label(self, index: int) -> np.ndarray:

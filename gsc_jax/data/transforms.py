@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from gsc_jax.tasks import IGNORE_LABEL
+from gsc_jax import errors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,9 +38,9 @@ IMAGE_PAD_VALUE = 0
 def _check_pair(image: np.ndarray, label: np.ndarray) -> None:
   """Raises ValueError unless ``image`` is [H, W, 3] and ``label`` is [H, W]."""
   if image.ndim != 3 or image.shape[2] != 3:
-    raise ValueError(f"expected an RGB image of shape [H, W, 3], got shape {image.shape}")
+    raise errors.InputError(f"expected an RGB image of shape [H, W, 3], got shape {image.shape}")
   if label.ndim != 2 or label.shape != image.shape[:2]:
-    raise ValueError(f"expected a label of shape {image.shape[:2]} (the image's height and "
+    raise errors.InputError(f"expected a label of shape {image.shape[:2]} (the image's height and "
                      f"width), got shape {label.shape}")
 
 
@@ -209,7 +210,7 @@ def pad_to_size(image: np.ndarray, label: np.ndarray, height: int,
   _check_pair(image, label)
   image_height, image_width = label.shape
   if image_height > height or image_width > width:
-    raise ValueError(
+    raise errors.InputError(
         f"image of size {image_height}x{image_width} does not fit in the padded size "
         f"{height}x{width}; set data.eval_size to at least the largest image side "
         f"(or use data.eval_mode=center_crop)")
@@ -227,9 +228,9 @@ def _element_pair(element) -> tuple[np.ndarray, np.ndarray]:
   try:
     _check_pair(image, label)
     if image.dtype != np.uint8 or label.dtype != np.uint8:
-      raise ValueError(f"expected uint8 image and label, got {image.dtype} and {label.dtype}")
+      raise errors.InputError(f"expected uint8 image and label, got {image.dtype} and {label.dtype}")
   except ValueError as error:
-    raise ValueError(f"element {element.get('name', '<unnamed>')!r}: {error}") from None
+    raise errors.InputError(f"element {element.get('name', '<unnamed>')!r}: {error}") from None
   return image, label
 
 
@@ -243,13 +244,13 @@ class TrainAugment(grain.transforms.RandomMap):
   def __init__(self, crop_size: int, scale=(0.5, 2.0), ratio=(3 / 4, 4 / 3),
                flip_probability: float = 0.5):
     if crop_size <= 0:
-      raise ValueError(f"crop_size must be positive, got {crop_size}")
+      raise errors.InputError(f"crop_size must be positive, got {crop_size}")
     if not 0 < scale[0] <= scale[1]:
-      raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
+      raise errors.InputError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
     if not 0 < ratio[0] <= ratio[1]:
-      raise ValueError(f"ratio must be (low, high) with 0 < low <= high, got {ratio}")
+      raise errors.InputError(f"ratio must be (low, high) with 0 < low <= high, got {ratio}")
     if not 0.0 <= flip_probability <= 1.0:
-      raise ValueError(f"flip_probability must be in [0, 1], got {flip_probability}")
+      raise errors.InputError(f"flip_probability must be in [0, 1], got {flip_probability}")
     self.crop_size = int(crop_size)
     self.scale = (float(scale[0]), float(scale[1]))
     self.ratio = (float(ratio[0]), float(ratio[1]))
@@ -275,9 +276,9 @@ class EvalPreprocess(grain.transforms.Map):
 
   def __init__(self, crop_size: int | None, pad_to: tuple[int, int] | None = None):
     if crop_size is not None and crop_size <= 0:
-      raise ValueError(f"crop_size must be positive or None, got {crop_size}")
+      raise errors.InputError(f"crop_size must be positive or None, got {crop_size}")
     if crop_size is not None and pad_to is not None:
-      raise ValueError("pad_to applies to full-image evaluation only (crop_size=None); "
+      raise errors.InputError("pad_to applies to full-image evaluation only (crop_size=None); "
                        f"got crop_size={crop_size} and pad_to={pad_to}")
     self.crop_size = crop_size
     self.pad_to = None if pad_to is None else (int(pad_to[0]), int(pad_to[1]))

@@ -19,6 +19,7 @@ datasets are in ``gsc_jax.data.files``.
 import os
 
 from gsc_jax.data import files
+from gsc_jax import errors
 
 IMAGE_DIR = "JPEGImages"
 LABEL_DIR = "SegmentationClassAug"
@@ -69,12 +70,12 @@ def parse_list_file(root: str, list_path: str) -> list[tuple[str, str, str]]:
         label_path = _relative_to_root(root, fields[1])
         name = os.path.splitext(os.path.basename(image_path))[0]
       else:
-        raise ValueError(
+        raise errors.InputError(
             f"{list_path}:{line_number}: expected an image id or 'image_path label_path', "
             f"got {len(fields)} fields: {line.strip()!r}")
       entries.append((name, image_path, label_path))
   if not entries:
-    raise ValueError(f"list file {list_path!r} has no entries; it should list one image "
+    raise errors.InputError(f"list file {list_path!r} has no entries; it should list one image "
                      "id (or image and label paths) per line")
   return entries
 
@@ -91,10 +92,10 @@ class VOCSegmentation(files.FileSegmentation):
   def __init__(self, root: str, split: str, num_classes: int = 21):
     files.check_num_classes(num_classes)
     if not os.path.isdir(root):
-      raise FileNotFoundError(_missing_root_message(root))
+      raise errors.MissingFileError(_missing_root_message(root))
     list_path = os.path.join(root, LIST_DIR, split + ".txt")
     if not os.path.isfile(list_path):
-      raise FileNotFoundError(
+      raise errors.MissingFileError(
           f"list file of split {split!r} not found: {list_path!r}. Expected tree:\n"
           f"{EXPECTED_TREE.format(root=root)}\n"
           "train_aug.txt comes with the SBD augmentation (SegmentationClassAug); val.txt "

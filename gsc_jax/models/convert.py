@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gsc_jax.models import resnet
+from gsc_jax import errors
 
 IABN_EPSILON = 1e-5  # in-place ABN's eps, added to |weight|
 TORCH_EXTENSIONS = (".pth", ".pth.tar", ".pt")
@@ -77,7 +78,7 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
   elif path.endswith(TORCH_EXTENSIONS):
     arrays = _load_torch_state_dict(path)
   else:
-    raise ValueError(f"cannot read {path}: expected a PyTorch checkpoint "
+    raise errors.InputError(f"cannot read {path}: expected a PyTorch checkpoint "
                      f"({', '.join(TORCH_EXTENSIONS)}) or an .npz of its arrays")
   return {key.removeprefix("module."): _float32_or_int(value)
           for key, value in arrays.items()}
@@ -92,7 +93,7 @@ def _load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     raise ImportError(f"reading {path} needs PyTorch: pip install torch (needed only to "
                       "convert .pth checkpoints, not to train)") from error
   if not os.path.exists(path):
-    raise FileNotFoundError(f"no checkpoint at {path}")
+    raise errors.MissingFileError(f"no checkpoint at {path}")
   try:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as error:
@@ -108,12 +109,12 @@ def _load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
         state_dict = checkpoint[wrapper]
         break
   if not isinstance(state_dict, dict):
-    raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state dict; save "
+    raise errors.InputError(f"{path} holds a {type(state_dict).__name__}, not a state dict; save "
                      "model.state_dict() (optionally as {'state_dict': ...}) instead")
   arrays = {}
   for key, value in state_dict.items():
     if not isinstance(value, torch.Tensor):
-      raise ValueError(f"{path}: state dict entry {key!r} is a {type(value).__name__}, not a "
+      raise errors.InputError(f"{path}: state dict entry {key!r} is a {type(value).__name__}, not a "
                        "tensor; is this a training checkpoint without a 'state_dict' entry?")
     value = value.detach().cpu()
     arrays[key] = (value.float() if value.is_floating_point() else value).numpy()
@@ -234,7 +235,7 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], backbone: str,
     problems = [_listing("model variables without a checkpoint tensor", missing),
                 _listing("shape mismatches", mismatched),
                 _listing("checkpoint tensors not used", unused)]
-    raise ValueError(
+    raise errors.InputError(
         f"the checkpoint does not match the {checkpoint_format.name} layout of backbone "
         f"{backbone!r} (blocks per stage {spec.blocks_per_stage}, base width "
         f"{spec.base_width}):\n" + "".join(problem for problem in problems if problem)
@@ -269,7 +270,7 @@ def load_backbone(path: str) -> tuple[dict, dict]:
   """``(variables, metadata)`` from a file written by ``save_backbone``."""
   with np.load(path, allow_pickle=False) as archive:
     if METADATA_KEY not in archive.files:
-      raise ValueError(f"{path} has no {METADATA_KEY} entry: it was not written by "
+      raise errors.InputError(f"{path} has no {METADATA_KEY} entry: it was not written by "
                        "save_backbone; convert the checkpoint with "
                        "python -m gsc_jax.models.convert")
     metadata = json.loads(str(archive[METADATA_KEY]))
@@ -282,7 +283,7 @@ def convert_checkpoint(input_path: str, source_format: str, backbone: str
   """``(variables, metadata)`` of the checkpoint at ``input_path`` in ``source_format``
   ("iabn" or "torchvision") for ``make_resnet(backbone)``, ready for ``save_backbone``."""
   if source_format not in FORMATS:
-    raise ValueError(f"unknown checkpoint format {source_format!r}; valid: {sorted(FORMATS)}")
+    raise errors.InputError(f"unknown checkpoint format {source_format!r}; valid: {sorted(FORMATS)}")
   checkpoint_format = FORMATS[source_format]
   variables = convert_state_dict(read_torch_checkpoint(input_path), backbone,
                                  checkpoint_format)
@@ -298,11 +299,11 @@ def pretrained_backbone_variables(path: str, backbone: str, activation: str) -> 
   file holds another backbone or weights trained with another activation."""
   variables, metadata = load_backbone(path)
   if metadata["backbone"] != backbone:
-    raise ValueError(f"{path} holds a {metadata['backbone']} backbone but "
+    raise errors.InputError(f"{path} holds a {metadata['backbone']} backbone but "
                      f"model.backbone={backbone}; set model.backbone={metadata['backbone']} "
                      "or convert a checkpoint of the configured backbone")
   if metadata["activation"] != activation:
-    raise ValueError(f"{path} holds {metadata['source_format']} weights trained with "
+    raise errors.InputError(f"{path} holds {metadata['source_format']} weights trained with "
                      f"{metadata['activation']} but model.activation={activation}; set "
                      f"model.activation={metadata['activation']}")
   return variables

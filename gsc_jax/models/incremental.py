@@ -15,6 +15,8 @@ import flax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from gsc_jax import errors
+
 
 def _flatten(tree) -> dict:
   return traverse_util.flatten_dict(flax.core.unfreeze(tree))
@@ -42,7 +44,7 @@ def transfer_variables(old_variables, new_variables):
       continue
     old_value = old_leaves[path]
     if jnp.shape(old_value) != jnp.shape(new_value):
-      raise ValueError(f"cannot transfer {_path_name(path)}: old shape {jnp.shape(old_value)}"
+      raise errors.InputError(f"cannot transfer {_path_name(path)}: old shape {jnp.shape(old_value)}"
                        f" != new shape {jnp.shape(new_value)}")
     merged[path] = old_value
   return traverse_util.unflatten_dict(merged)
@@ -62,10 +64,10 @@ def init_new_classifier_mib(params, step: int):
   the old model's predictions.
   """
   if step < 1:
-    raise ValueError(f"the MiB init applies to a new step's classifier (step >= 1), got {step}")
+    raise errors.InputError(f"the MiB init applies to a new step's classifier (step >= 1), got {step}")
   new_name = f"classifier_{step}"
   if new_name not in params or "classifier_0" not in params:
-    raise ValueError(f"params need classifier_0 and {new_name}; have {sorted(params)}")
+    raise errors.InputError(f"params need classifier_0 and {new_name}; have {sorted(params)}")
 
   background = params["classifier_0"]
   new_kernel = params[new_name]["kernel"]
@@ -97,16 +99,16 @@ def grow_variables(model_for_new_step, old_variables, rng, image_size, step: int
   ``init_new_classifier_mib``) or "random" (the fresh initialisation is kept).
   """
   if init not in NEW_CLASSIFIER_INITS:
-    raise ValueError(f"unknown new-classifier init {init!r}; valid: {NEW_CLASSIFIER_INITS}")
+    raise errors.InputError(f"unknown new-classifier init {init!r}; valid: {NEW_CLASSIFIER_INITS}")
   height, width = (image_size, image_size) if jnp.ndim(image_size) == 0 else image_size
   images = jnp.zeros((1, height, width, 3), jnp.float32)
   fresh_variables = model_for_new_step.init(rng, images, train=False)
 
   new_classifier = f"classifier_{step}"
   if new_classifier not in fresh_variables["params"]:
-    raise ValueError(f"the new model has no {new_classifier}")
+    raise errors.InputError(f"the new model has no {new_classifier}")
   if new_classifier in flax.core.unfreeze(old_variables)["params"]:
-    raise ValueError(f"the old variables already contain {new_classifier}")
+    raise errors.InputError(f"the old variables already contain {new_classifier}")
 
   variables = transfer_variables(old_variables, fresh_variables)
   if init == "mib":

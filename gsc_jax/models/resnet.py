@@ -33,6 +33,8 @@ import dataclasses
 
 import flax.linen as nn
 
+from gsc_jax import errors
+
 LEAKY_RELU_SLOPE = 0.01
 BATCH_NORM_MOMENTUM = 0.9  # flax convention: PyTorch's momentum 0.1
 BATCH_NORM_EPSILON = 1e-5
@@ -66,13 +68,13 @@ STAGE_STRIDES_AND_DILATIONS = {
 def backbone_spec(name: str) -> BackboneSpec:
   """The spec of a named backbone; ValueError listing the valid names otherwise."""
   if name not in BACKBONES:
-    raise ValueError(f"unknown backbone {name!r}; valid names: {sorted(BACKBONES)}")
+    raise errors.InputError(f"unknown backbone {name!r}; valid names: {sorted(BACKBONES)}")
   return BACKBONES[name]
 
 
 def check_output_stride(output_stride: int) -> None:
   if output_stride not in STAGE_STRIDES_AND_DILATIONS:
-    raise ValueError(f"output_stride must be one of {sorted(STAGE_STRIDES_AND_DILATIONS)}, "
+    raise errors.InputError(f"output_stride must be one of {sorted(STAGE_STRIDES_AND_DILATIONS)}, "
                      f"got {output_stride}")
 
 
@@ -87,7 +89,7 @@ ACTIVATIONS = {"leaky_relu": leaky_relu, "relu": nn.relu}
 def activation_function(name: str):
   """The activation called ``name``: "leaky_relu" (slope 0.01, in-place ABN) or "relu"."""
   if name not in ACTIVATIONS:
-    raise ValueError(f"unknown activation {name!r}; valid names: {sorted(ACTIVATIONS)}")
+    raise errors.InputError(f"unknown activation {name!r}; valid names: {sorted(ACTIVATIONS)}")
   return ACTIVATIONS[name]
 
 

@@ -30,6 +30,7 @@ from PIL import Image
 from gsc_jax.data import ade
 from gsc_jax.data import cityscapes
 from gsc_jax.data import voc
+from gsc_jax import errors
 
 # Progress is printed every this many examples while building.
 PROGRESS_EVERY = 500
@@ -88,7 +89,7 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     """One generator per split; the file sources are opened (and checked) first."""
     del dl_manager  # nothing is downloaded: the examples come from the local tree
     if self.root is None:
-      raise ValueError(
+      raise errors.InputError(
           f"building tfds dataset {self.name!r} needs the dataset tree: pass root=..., "
           "e.g. python -m gsc_jax.tfds_builders.build --dataset=... --root=/path/to/tree "
           "--data_dir=/path/to/tfds")
