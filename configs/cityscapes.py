@@ -19,7 +19,7 @@ Published protocol (PLOP's scripts/cityscapesDomain): ResNet-101 OS16, batch 12,
 50 epochs per step, lr 0.01 / 0.001, Local POD 0.01 / 0.0005; evaluation: shorter side 512,
 centre crop 512.
 
-Published numbers: ALGORITHM.md states none for Cityscapes; PLOP's paper reports MiB and
+Published numbers: docs/algorithm.md 6 lists none for Cityscapes; PLOP's paper reports MiB and
 PLOP on 11-5, 11-1 and 1-1 (final mIoU over the 19 classes); GSC reports no Cityscapes run.
 Class-incremental Cityscapes is not offered: its train id 0 is "road", so there is no
 background class to carry the background shift.

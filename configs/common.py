@@ -12,7 +12,7 @@ Keys are config field paths (``seed``, ``optim.batch_size``, ...). Later, absl's
 that lists the valid ones.
 
 Fields left as ``None`` placeholders (loss weights, the void policy, the new-classifier
-initialisation) are filled from the method preset of ``gsc_jax/methods.py`` when the run
+initialisation) are filled from the method's preset (``gsc_jax/methods/<method>.py``) when the run
 starts; a value set by the user is never replaced.
 """
 
@@ -80,18 +80,23 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
     node = config
     for parent in parents:
       node = node[parent]
-    field = node.get_ref(leaf)
-    node[leaf] = _parse_value(text, field.get_type())
+    field_type = node.get_ref(leaf).get_type()
+    try:
+      node[leaf] = _parse_value(text, field_type)
+    except (ValueError, SyntaxError, TypeError) as error:
+      raise errors.InputError(
+          f"config key {key}={text!r}: {error} (the field takes a "
+          f"{getattr(field_type, '__name__', field_type)})") from None
 
 
 def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
-  """Every hyperparameter of a run, with the published protocol's values (ALGORITHM.md 1.6)."""
+  """Every hyperparameter of a run, with the published protocol's values (docs/algorithm.md 1.6)."""
   config = ml_collections.ConfigDict()
   config.dataset = dataset
   config.task = task
   config.class_order = ""            # comma-separated class ids; "" = natural order
   config.overlap = True              # overlapped (True) or disjoint (False) image selection
-  config.method = "mib"              # ft | mib | plop | gsc (presets in gsc_jax/methods.py)
+  config.method = "mib"              # ft | mib | plop | gsc (one module each in gsc_jax/methods/)
   config.seed = 0
   config.workdir = ""                # "" = runs/<dataset>_<task>_<method>_<ov|dis>_seed<seed>
   config.first_step = 0
@@ -134,14 +139,14 @@ def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
   config.model.head_channels = 256
   config.model.new_classifier_init = config_dict.placeholder(str)  # mib | random (preset)
   config.model.activation = "leaky_relu"  # leaky_relu (in-place ABN, 0.01) | relu (torchvision)
-  config.model.pretrained = ""       # backbone converted by gsc_jax.models.convert; starts step 0
+  config.model.pretrained = ""       # starts step 0; written by gsc_jax.tools.convert_backbone
 
   config.optim = ml_collections.ConfigDict()
   config.optim.batch_size = 24       # global batch, split over all devices
   config.optim.lr_step0 = 0.01
   config.optim.lr_incremental = 0.001
   config.optim.epochs_step0 = 30
-  # Unset: the published per-task value (gsc_jax/methods.py), otherwise epochs_step0.
+  # Unset: the published per-task value (the method's PUBLISHED), otherwise epochs_step0.
   config.optim.epochs_incremental = config_dict.placeholder(int)
   config.optim.momentum = 0.9
   config.optim.nesterov = True
@@ -152,7 +157,7 @@ def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
   config.loss.ce = config_dict.placeholder(str)         # plain | unbiased (preset)
   config.loss.kd_weight = config_dict.placeholder(float)  # unbiased distillation weight (preset)
   config.loss.kd_alpha = 1.0          # teacher logit scaling in the unbiased distillation
-  # PLOP's Local POD (ALGORITHM.md 4): weight of the 4 stage + head tensors, of the logits.
+  # PLOP's Local POD (docs/algorithm.md 4): weight of the 4 stage + head tensors, of the logits.
   config.loss.pod_weight = config_dict.placeholder(float)         # preset: plop/gsc 0.01
   config.loss.pod_logits_weight = config_dict.placeholder(float)  # preset: plop/gsc 0.0005
   config.loss.pod_scales = (1, 2, 4)  # tile grids of the local embedding
@@ -164,7 +169,7 @@ def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
   config.pseudo.threshold_floor = 0.001   # every per-class entropy threshold is at least this
   config.pseudo.adaptive_factor = True    # weight each image's CE by nu (accepted / background)
 
-  # GSC's three parts (ALGORITHM.md 5; reconstructed, see docs/gsc_step.md).
+  # GSC's three parts (docs/algorithm.md 5; reconstructed, see docs/gsc_step.md).
   config.gsc = ml_collections.ConfigDict()
   config.gsc.compensation = config_dict.placeholder(bool)  # 5.1; preset: gsc True
   config.gsc.groups = "step"          # step | cumulative (all old classes) | class

@@ -2,7 +2,7 @@
 
 Run the whole benchmark (resumable: run the same command again after an interruption):
 
-  python -m gsc_jax.benchmark --benchmark=configs/synthetic_benchmark.py --workdir=runs/benchmark
+  python -m gsc_jax.tools.benchmark --benchmark=configs/synthetic_benchmark.py --workdir=runs/benchmark
 
 It trains step 0 once per (task, seed) and shares it with every method, then runs FT, MiB,
 PLOP, GSC and GSC without each of its three parts on 15-1, FT, MiB, PLOP and GSC on 10-1,
@@ -16,7 +16,7 @@ One run of the benchmark's settings works as usual, e.g.
 Settings: the synthetic data at 96x96 pixels (700 train / 200 val images), the tiny
 ResNet with a 64-channel head, batch 16, 8 epochs at step 0 and 8 per incremental step,
 lr 0.05 / 0.02. The incremental lr and the POD weights were chosen on seed 100, never on
-seeds 0-2; GSC's own values are ALGORITHM.md's defaults (see docs/benchmark.md).
+seeds 0-2; GSC's own values are the documented defaults (docs/algorithm.md 5) (see docs/benchmark.md).
 """
 
 import ml_collections

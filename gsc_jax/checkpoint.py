@@ -9,7 +9,7 @@ Work-dir layout of one run::
   <workdir>/step_<t>/export/             params + batch stats at the end of step t
   <workdir>/step_<t>/prototypes.npz      GSC's class prototypes at the end of step t
   <workdir>/step_<t>/export_meta.json    written last: the export is complete
-  <workdir>/step_<t>/entropy_thresholds.json  PLOP's thresholds used while training step t
+  <workdir>/step_<t>/entropy_thresholds.npz   PLOP's thresholds used while training step t
   <workdir>/step_<t>/metrics.json        evaluation after step t: the step is finished
 """
 
@@ -81,29 +81,35 @@ def save_export(workdir: str, step: int, variables, meta: dict) -> None:
   write_json(os.path.join(step_dir(workdir, step), "export_meta.json"), meta)
 
 
-PROTOTYPES_FILE = "prototypes.npz"
+def pass_result_path(workdir: str, step: int, name: str) -> str:
+  return os.path.join(step_dir(workdir, step), f"{name}.npz")
 
 
-def save_prototypes(workdir: str, step: int, prototypes: np.ndarray, seen: np.ndarray) -> None:
-  """Saves the [K, C] prototypes and their [K] ``seen`` flags next to the step's export
-  (before ``export_meta.json``, so a complete export always has them)."""
+def save_pass_result(workdir: str, step: int, name: str, arrays: dict) -> None:
+  """Saves a data pass's named arrays as ``step_<t>/<name>.npz`` (atomically, from process
+  0; an after-step pass is saved before ``export_meta.json``, so a complete export always
+  has its passes' results)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(step_dir(workdir, step), exist_ok=True)
-  path = os.path.join(step_dir(workdir, step), PROTOTYPES_FILE)
+  path = pass_result_path(workdir, step, name)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + ".tmp", "wb") as f:
-    np.savez(f, prototypes=prototypes, seen=seen)
+    np.savez(f, **{key: np.asarray(value) for key, value in arrays.items()})
   os.replace(path + ".tmp", path)
 
 
-def load_prototypes(workdir: str, step: int) -> tuple[np.ndarray, np.ndarray]:
-  path = os.path.join(step_dir(workdir, step), PROTOTYPES_FILE)
+def load_pass_result(workdir: str, step: int, name: str, missing_ok: bool = False):
+  """The arrays of ``step_<t>/<name>.npz``; None when missing and ``missing_ok``."""
+  path = pass_result_path(workdir, step, name)
   if not os.path.exists(path):
+    if missing_ok:
+      return None
     raise errors.MissingFileError(
-        f"{path} is missing: GSC's prototypical re-labelling needs the prototypes of step "
-        f"{step}; re-run that step with gsc.prototypes=true (step 0 always saves them)")
+        f"{path} is missing: this method reads the {name} of step {step}, which a run of "
+        f"step {step} saves only when its method computes them (every step 0 does for "
+        "prototypes); re-run that step with such a method, or start from another work dir")
   with np.load(path) as data:
-    return data["prototypes"], data["seen"]
+    return {key: data[key] for key in data.files}
 
 
 def load_export(workdir: str, step: int, abstract_variables):

@@ -1,4 +1,4 @@
-"""GSC step-aware gradient compensation (ALGORITHM.md 5.1; reconstructed, see docs/gsc_step.md).
+"""GSC step-aware gradient compensation (docs/algorithm.md 5.1; reconstructed, see docs/gsc_step.md).
 
 The transform acts on the gradient of the cross-entropy with respect to the (upsampled)
 LOGITS, [B, H, W, K], not on parameter gradients. For every pixel i with target y_i:

@@ -1,6 +1,6 @@
 """Pixel losses, each a pure function of NHWC arrays.
 
-Conventions (ALGORITHM.md 1.9): ``logits`` are [B, H, W, K] at label resolution, ``labels``
+Conventions (docs/algorithm.md 1.9): ``logits`` are [B, H, W, K] at label resolution, ``labels``
 are int [B, H, W] channel indices with 255 = ignore, and every loss is averaged over ALL
 B*H*W pixels, ignored pixels included (they contribute 0). ``num_old_classes`` (K_old) counts
 the channels of the previous steps, background included.
@@ -15,7 +15,7 @@ from gsc_jax.tasks import IGNORE_LABEL
 
 
 def _mean_over_pixels(per_pixel_loss, labels):
-  """Zeroes ignored pixels and averages over all of them (ALGORITHM.md 1.9)."""
+  """Zeroes ignored pixels and averages over all of them (docs/algorithm.md 1.9)."""
   return jnp.mean(jnp.where(labels == IGNORE_LABEL, 0.0, per_pixel_loss))
 
 
@@ -51,7 +51,7 @@ def unbiased_log_probabilities(logits, num_old_classes):
 
 
 def unbiased_cross_entropy(logits, labels, num_old_classes):
-  """MiB unbiased cross-entropy (Cermelli et al. 2020, ALGORITHM.md 3).
+  """MiB unbiased cross-entropy (Cermelli et al. 2020, docs/algorithm.md 3).
 
   Labels < K_old are treated as background 0. A background pixel is scored by
   ``logsumexp(z[0:K_old]) - logsumexp(z)``; a pixel of new class c by
@@ -63,7 +63,7 @@ def unbiased_cross_entropy(logits, labels, num_old_classes):
 
 
 def unbiased_distillation(logits, teacher_logits, alpha=1.0):
-  """MiB unbiased knowledge distillation (ALGORITHM.md 3).
+  """MiB unbiased knowledge distillation (docs/algorithm.md 3).
 
   Teacher ``q = softmax(alpha * z_old)`` over its K_old channels. Student
   log-probabilities over the old label space: for old class c >= 1,
@@ -91,7 +91,7 @@ def weighted_cross_entropy(logits, labels, image_weights):
   return _mean_over_pixels(per_pixel, labels)
 
 
-# --- PLOP: Local POD (ALGORITHM.md 4) ------------------------------------------------------
+# --- PLOP: Local POD (docs/algorithm.md 4) ------------------------------------------------------
 
 def local_pod_embedding(features, scales=(1, 2, 4)):
   """Local POD embedding of one [B, h, w, C] tensor -> [B, D].
@@ -131,7 +131,7 @@ def logits_in_old_space(logits, num_old_classes):
 
 def local_pod(outputs, teacher_outputs, num_old_classes, num_new_classes,
               feature_weight=0.01, logits_weight=0.0005, scales=(1, 2, 4)):
-  """PLOP's Local POD over six tensors (ALGORITHM.md 4).
+  """PLOP's Local POD over six tensors (docs/algorithm.md 4).
 
   ``(1/6) * sqrt(K / N) * [ sum_{f in 4 stages + head} feature_weight * d(f)
                             + logits_weight * d(logits_low in the old space) ]``
@@ -152,7 +152,7 @@ def local_pod(outputs, teacher_outputs, num_old_classes, num_new_classes,
   return total * class_factor / (len(tensors) + 1)
 
 
-# --- GSC: soft-sharp semantic relation distillation (ALGORITHM.md 5.2) ---------------------
+# --- GSC: soft-sharp semantic relation distillation (docs/algorithm.md 5.2) ---------------------
 
 def soft_label_loss(logits, labels, teacher_logits):
   """Soft-label cross-entropy (FISS form).

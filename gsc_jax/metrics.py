@@ -1,4 +1,4 @@
-"""Segmentation metrics (ALGORITHM.md 1.8) and the results files of a run.
+"""Segmentation metrics (docs/algorithm.md 1.8) and the results files of a run.
 
 One confusion matrix over the whole test set, indexed by output CHANNEL (see
 ``tasks.channel_order``): rows are ground truth, columns are predictions; pixels whose label

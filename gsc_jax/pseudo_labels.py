@@ -1,5 +1,5 @@
-"""Pseudo-labels for old classes hidden in the background (PLOP, ALGORITHM.md 4) and GSC's
-prototypes and prototypical re-labelling (ALGORITHM.md 5.3).
+"""Pseudo-labels for old classes hidden in the background (PLOP, docs/algorithm.md 4) and GSC's
+prototypes and prototypical re-labelling (docs/algorithm.md 5.3).
 
 Every function here is pure and works on the global batch: under ``jax.jit`` over a
 batch-sharded array, the sums below are sums over every device's pixels.
@@ -158,7 +158,7 @@ def prototype_similarity(features, prototypes, similarity: str):
 
 def prototype_relabel(labels, teacher_logits, teacher_features, prototypes, prototype_seen,
                       tau: float, theta: float, similarity: str):
-  """GSC's prototypical re-labelling of the pixels labelled 0 (ALGORITHM.md 5.3).
+  """GSC's prototypical re-labelling of the pixels labelled 0 (docs/algorithm.md 5.3).
 
   ``P`` = teacher softmax over K_old; ``kappa = softmax_c(sim(f, prototype_c) / tau)`` over
   the old classes that have a prototype, computed at feature resolution and resized

@@ -1,6 +1,6 @@
 """Incremental tasks: which classes each step introduces, and what each step may see.
 
-This module is the protocol of ALGORITHM.md 1.1-1.3 as pure numpy functions:
+This module is the protocol of docs/algorithm.md 1.1-1.3 as pure numpy functions:
 
 * ``get_task`` builds a ``Task`` from a dataset and a task name (the MiB / PLOP names),
   optionally with a non-natural class order.
@@ -9,9 +9,9 @@ This module is the protocol of ALGORITHM.md 1.1-1.3 as pure numpy functions:
   order. Class ids are never assumed contiguous within a step, so every label transform
   maps a raw class id to its CHANNEL index (its position in ``channel_order``).
 * ``train_label_lut`` / ``test_label_lut`` / ``apply_label_lut`` are the label transforms
-  (the "background shift" of ALGORITHM.md 1.3).
+  (the "background shift" of docs/algorithm.md 1.3).
 * ``keep_train_image`` / ``keep_test_image`` / ``keep_domain_image`` are the image filters
-  (ALGORITHM.md 1.2, MiB semantics).
+  (docs/algorithm.md 1.2, MiB semantics).
 
 Cityscapes is domain-incremental: its 19 train ids (0 = "road" .. 18 = "bicycle"; there is
 NO background class) are all learnt at step 0 and every later step adds new cities, not new
@@ -116,7 +116,7 @@ def _check_partition(steps, num_classes: int, name: str) -> None:
 
 def get_task(dataset: str, name: str, num_classes: int | None = None,
              class_order: Sequence[int] | None = None) -> Task:
-  """The task ``name`` of ``dataset`` (ALGORITHM.md 1.1).
+  """The task ``name`` of ``dataset`` (docs/algorithm.md 1.1).
 
   ``num_classes`` is required for "synthetic" (default 21) and, for the real datasets, must
   be None or equal to the dataset's number of label ids. ``class_order`` is an optional
@@ -277,7 +277,49 @@ def classes_per_step(task: Task, step: int) -> tuple[int, ...]:
   return tuple(len(classes) for classes in task.steps[:step + 1])
 
 
-# --- label transforms (ALGORITHM.md 1.3) -----------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StepFacts:
+  """What every part of one incremental step needs to know about it, computed once
+  (``step_facts``) and passed to the model, the method, the train step and the passes.
+
+  ``classes_per_step`` counts the channels each of steps 0..step adds (its last entry is 0
+  on a domain-incremental step, which adds no class); ``num_old_classes`` is K_old,
+  ``num_new_classes`` N and ``num_classes`` K = K_old + N (docs/algorithm.md notation).
+  """
+  step: int
+  classes: tuple[int, ...]
+  classes_per_step: tuple[int, ...]
+  num_old_classes: int
+  num_new_classes: int
+  num_classes: int
+  has_teacher: bool  # step > 0: the previous step's model is the frozen teacher
+  channel_classes: tuple[int, ...]  # the class id of each output channel
+
+  @property
+  def classifier_sizes(self) -> tuple[int, ...]:
+    """The output sizes of the model's per-step classifiers (a step without new classes
+    adds none)."""
+    return tuple(count for count in self.classes_per_step if count)
+
+  @property
+  def teacher_classifier_sizes(self) -> tuple[int, ...]:
+    """The classifier sizes of the previous step's model (the teacher)."""
+    if not self.has_teacher:
+      raise errors.InputError("step 0 has no teacher")
+    return tuple(count for count in self.classes_per_step[:-1] if count)
+
+
+def step_facts(task: Task, step: int) -> StepFacts:
+  """The ``StepFacts`` of step ``step`` of ``task``."""
+  per_step = classes_per_step(task, step)
+  return StepFacts(step=step, classes=tuple(task.steps[step]), classes_per_step=per_step,
+                   num_old_classes=num_old_classes(task, step),
+                   num_new_classes=per_step[-1],
+                   num_classes=sum(per_step), has_teacher=step > 0,
+                   channel_classes=classes_seen(task, step))
+
+
+# --- label transforms (docs/algorithm.md 1.3) -----------------------------------------------------
 
 def _channel_of(task: Task, step: int) -> dict[int, int]:
   return {int(c): channel for channel, c in enumerate(channel_order(task, step))}
@@ -346,7 +388,7 @@ def apply_label_lut(label: np.ndarray, lut: np.ndarray, num_classes: int,
   return np.asarray(lut, dtype=np.uint8)[label.astype(np.intp)]
 
 
-# --- image filters (ALGORITHM.md 1.2) --------------------------------------------------------
+# --- image filters (docs/algorithm.md 1.2) --------------------------------------------------------
 
 def _labelled_classes(classes_present: Iterable[int]) -> set[int]:
   """The classes an image "contains": its label values minus background 0 and void 255."""
@@ -407,3 +449,16 @@ def step_indices(label_classes: Sequence[np.ndarray],
   """int64 indices of the images whose class set passes ``keep_fn``, e.g.
   ``step_indices(classes, lambda c: keep_train_image(c, task, step, overlap=True))``."""
   return np.flatnonzero([bool(keep_fn(classes)) for classes in label_classes]).astype(np.int64)
+
+
+def task_of(config) -> Task:
+  """The config's task; an unknown task or a bad class order is an error naming valid ones."""
+  class_order = None
+  if config.class_order:
+    try:
+      class_order = [int(part) for part in config.class_order.split(",")]
+    except ValueError:
+      raise errors.InputError(f"class_order {config.class_order!r} must be comma-separated "
+                              "integers") from None
+  return get_task(config.dataset, config.task, num_classes=config.data.num_classes,
+                  class_order=class_order)

@@ -205,10 +205,10 @@ def write_sbd_mat(path, segmentation: np.ndarray) -> None:
 
 def write_voc_sbd_originals(voc_root, sbd_root, voc_train, voc_val, sbd_train, sbd_val,
                             size=DEFAULT_SIZE, seed=0) -> dict:
-  """The original releases read by ``build_voc_aug``: VOC 2012 (JPEGImages for every id,
-  SegmentationClass palette PNGs with void borders for ``voc_train`` + ``voc_val``, the
-  train/val lists) and SBD (dataset/cls/<id>.mat for ``sbd_train`` + ``sbd_val``, the
-  train/val lists). Labels are ``voc_original_label`` / ``sbd_original_label``.
+  """The original releases read by ``gsc_jax.tools.build_voc_aug``: VOC 2012 (JPEGImages
+  for every id, SegmentationClass palette PNGs with void borders for ``voc_train`` +
+  ``voc_val``, the train/val lists) and SBD (dataset/cls/<id>.mat for ``sbd_train`` +
+  ``sbd_val``, the train/val lists). Labels are ``voc_original_label`` / ``sbd_original_label``.
 
   Returns {"voc_labels": {id: array}, "sbd_labels": {id: array}, "images": {id: array}}.
   """

@@ -1,10 +1,13 @@
 """The benchmark runner's plan, table and README update (no training: see test_train.py)."""
 
+import os
 import types
+
+from PIL import Image
 
 import pytest
 
-from gsc_jax import benchmark
+from gsc_jax.tools import benchmark
 
 MODULE = types.SimpleNamespace(
     SEEDS=(0, 1), STEP0_METHOD="ft",
@@ -48,3 +51,18 @@ def test_replace_between_markers(tmp_path):
   path.write_text("no markers")
   with pytest.raises(ValueError, match="markers"):
     benchmark.replace_between_markers(str(path), "x")
+
+
+def test_mean_step_summaries_and_method_plot(tmp_path):
+  step = lambda t, all_, old, new: {"step": t, "all": all_, "old": old, "new": new}
+  seed0 = {"per_step": [step(0, 0.6, 0.6, None), step(1, 0.4, 0.5, 0.1)]}
+  seed1 = {"per_step": [step(0, 0.8, 0.8, None), step(1, 0.2, 0.3, 0.3)]}
+  mean = benchmark.mean_step_summaries([seed0, seed1])
+  assert [s["step"] for s in mean] == [0, 1]
+  assert mean[0]["new"] is None
+  assert abs(mean[1]["all"] - 0.3) < 1e-12 and abs(mean[1]["new"] - 0.2) < 1e-12
+  results = {("15-1", "FT", 0): (seed0, 1.0), ("15-1", "FT", 1): (seed1, 1.0)}
+  paths = benchmark.plot_methods(MODULE, results, [0, 1], str(tmp_path))
+  assert [os.path.basename(p) for p in paths] == ["15_1.png"]  # offline: no result yet
+  with Image.open(paths[0]) as image:
+    assert image.size[0] > 100 and image.size[1] > 100

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gsc_jax.data import build_voc_aug
 from gsc_jax.data import voc
+from gsc_jax.tools import build_voc_aug
 from tests import dataset_trees
 
 VOC_TRAIN = ["2007_000010", "2007_000020", "2007_000030"]
@@ -158,7 +158,7 @@ def test_command_line(originals, tmp_path):
   voc_root, sbd_root, _ = originals
   out = tmp_path / "out"
   result = subprocess.run(
-      [sys.executable, "-m", "gsc_jax.data.build_voc_aug", f"--voc={voc_root}",
+      [sys.executable, "-m", "gsc_jax.tools.build_voc_aug", f"--voc={voc_root}",
        f"--sbd={sbd_root}", f"--out={out}"],
       capture_output=True, text=True, check=False,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

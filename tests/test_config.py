@@ -7,8 +7,8 @@ import pytest
 from configs import common
 from configs import synthetic
 from configs import voc
-from gsc_jax import main
 from gsc_jax import methods
+from gsc_jax import workdir as workdir_lib
 
 
 def test_parse_arg():
@@ -95,14 +95,14 @@ def test_unknown_method():
 def test_unknown_task_lists_valid_tasks(tmp_path):
   config = voc.get_config("15-2")
   with pytest.raises(ValueError, match="15-1"):
-    main.prepare(config, str(tmp_path / "run"))
+    workdir_lib.prepare(config, str(tmp_path / "run"))
 
 
 def test_prepare_saves_resolved_config_and_refuses_other_settings(tmp_path):
   workdir = str(tmp_path / "run")
-  main.prepare(synthetic.get_config("15-1,method=ft"), workdir)
+  workdir_lib.prepare(synthetic.get_config("15-1,method=ft"), workdir)
   saved = json.load(open(tmp_path / "run" / "config.json"))
   assert saved["loss"]["ce"] == "plain" and saved["workdir"] == workdir
-  main.prepare(synthetic.get_config("15-1,method=ft,last_step=2"), workdir)  # restartable
+  workdir_lib.prepare(synthetic.get_config("15-1,method=ft,last_step=2"), workdir)  # restartable
   with pytest.raises(ValueError, match="different config"):
-    main.prepare(synthetic.get_config("15-1,method=ft,seed=5"), workdir)
+    workdir_lib.prepare(synthetic.get_config("15-1,method=ft,seed=5"), workdir)

@@ -6,6 +6,7 @@ torchvision-style one, and their float64 outputs on two images. No PyTorch is ne
 """
 
 import os
+import subprocess
 import sys
 
 import flax
@@ -174,10 +175,38 @@ def test_pretrained_backbone_variables_checks_backbone_and_activation(tmp_path):
     convert.pretrained_backbone_variables(path, FIXTURE_BACKBONE, "leaky_relu")
 
 
+# The command with the fixture topology registered first (the command line cannot add it).
+COMMAND_SCRIPT = """
+import runpy
+import sys
+from gsc_jax.models import resnet
+
+resnet.BACKBONES["resnet_fixture"] = resnet.BackboneSpec(blocks_per_stage=(2, 1, 1, 2),
+                                                         base_width=8)
+sys.argv = ["convert_backbone"] + sys.argv[1:]
+runpy.run_module("gsc_jax.tools.convert_backbone", run_name="__main__")
+"""
+
+
+def test_command_line_writes_a_loadable_backbone(tmp_path):
+  output = str(tmp_path / "fixture_torchvision.npz")
+  result = subprocess.run(
+      [sys.executable, "-c", COMMAND_SCRIPT, "--format=torchvision",
+       f"--input={TORCHVISION_FILE}", f"--backbone={FIXTURE_BACKBONE}", f"--output={output}"],
+      cwd=os.path.dirname(os.path.dirname(FIXTURES)), capture_output=True, text=True,
+      timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert f"use it with: --config.model.pretrained={output} --config.model.activation=relu" \
+      in result.stdout
+  variables = convert.pretrained_backbone_variables(output, FIXTURE_BACKBONE, "relu")
+  expected, _ = convert.convert_checkpoint(TORCHVISION_FILE, "torchvision", FIXTURE_BACKBONE)
+  assert shapes_by_path(variables) == shapes_by_path(expected)
+
+
 def test_load_rejects_file_without_metadata(tmp_path):
   path = str(tmp_path / "plain.npz")
   np.savez(path, x=np.zeros(2))
-  with pytest.raises(ValueError, match="gsc_jax.models.convert"):
+  with pytest.raises(ValueError, match="gsc_jax.tools.convert_backbone"):
     convert.load_backbone(path)
 
 

@@ -37,7 +37,9 @@ def test_cross_entropy_two_pixel_case():
   logits = np.array([[[[0.0, np.log(3.0)], [0.0, 0.0]]]], np.float32)  # [1, 1, 2, 2]
   labels = np.array([[[1, 255]]])
   # p(1) = 3 / 4 at the first pixel; the second is ignored but counted in the mean.
-  assert np.isclose(losses.cross_entropy(logits, labels), -np.log(0.75) / 2, rtol=1e-6)
+  # float32 exp / log (XLA's own approximations, a few ulps, CPU-dependent) against float64:
+  # measured 1.6e-7 relative; 1e-5 leaves a margin and still pins the formula.
+  assert np.isclose(losses.cross_entropy(logits, labels), -np.log(0.75) / 2, rtol=1e-5)
 
 
 def test_unbiased_cross_entropy_by_hand(batch):
@@ -61,8 +63,10 @@ def test_unbiased_cross_entropy_by_hand(batch):
 def test_unbiased_cross_entropy_with_one_old_class_is_plain(batch):
   logits, labels = batch
   labels = np.where(labels == 255, 255, np.maximum(labels, 0))
+  # Two float32 formulas of the same value (z_0 - logsumexp(z) against log_softmax): they
+  # may round differently by a few ulps; 1e-5 is far below any formula difference.
   assert np.isclose(losses.unbiased_cross_entropy(logits, labels, 1),
-                    losses.cross_entropy(logits, labels), rtol=1e-6)
+                    losses.cross_entropy(logits, labels), rtol=1e-5)
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.5])

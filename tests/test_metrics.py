@@ -1,4 +1,4 @@
-"""Confusion matrix, IoU, per-step summaries and results files (ALGORITHM.md 1.8)."""
+"""Confusion matrix, IoU, per-step summaries and results files (docs/algorithm.md 1.8)."""
 
 import csv
 import json

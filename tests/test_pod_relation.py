@@ -1,4 +1,4 @@
-"""PLOP's Local POD and GSC's relation losses (ALGORITHM.md 4 and 5.2) against plain-loop
+"""PLOP's Local POD and GSC's relation losses (docs/algorithm.md 4 and 5.2) against plain-loop
 NumPy references written from the specification, not from the library code."""
 
 import jax
@@ -68,7 +68,7 @@ def _old_space_reference(logits, num_old):
 
 
 def _unkd_reference(logits, teacher_logits):
-  """MiB's unbiased distillation (ALGORITHM.md 3), pixel by pixel."""
+  """MiB's unbiased distillation (docs/algorithm.md 3), pixel by pixel."""
   logits = np.asarray(logits, np.float64)
   teacher_logits = np.asarray(teacher_logits, np.float64)
   num_old = teacher_logits.shape[-1]
@@ -284,8 +284,10 @@ def test_soft_label_loss_by_hand_one_pixel():
   soft = np.exp([0.5, 1.0]) / np.exp([0.5, 1.0]).sum()
   logp = np.array([1.0, -1.0]) - np.log(np.exp(1.0) + np.exp(-1.0))
   expected = -np.mean(soft * logp)
+  # float32 sigmoid / exp / log against float64: a few ulps, which depend on the CPU
+  # (measured 9e-8 relative); 1e-5 leaves a margin and still pins the formula.
   assert np.isclose(float(losses.soft_label_loss(logits, labels, teacher_logits)), expected,
-                    rtol=1e-6)
+                    rtol=1e-5)
 
 
 def test_sharpening_loss_matches_reference():
@@ -397,6 +399,10 @@ def test_class_relation_loss_gradients_are_finite_and_nonzero():
   # Confidence is a max over channels: finite differences along a random direction agree.
   direction = rng.normal(size=logits.shape).astype(np.float32)
   epsilon = 1e-3
+  # The student's argmax is the same at both ends of the difference (its best logit leads
+  # by >= 0.015 everywhere): the loss is smooth between them, no pixel changes class.
+  np.testing.assert_array_equal(np.argmax(logits + epsilon * direction, axis=-1),
+                                np.argmax(logits - epsilon * direction, axis=-1))
   plus = losses.class_relation_loss(logits + epsilon * direction, labels, teacher_logits,
                                     jnp.ones(3))
   minus = losses.class_relation_loss(logits - epsilon * direction, labels, teacher_logits,

@@ -16,10 +16,13 @@ from configs import cityscapes
 from configs import synthetic
 from configs import voc
 from gsc_jax import checkpoint
-from gsc_jax import main
+from gsc_jax import mesh
+from gsc_jax import tasks
 from gsc_jax import train
+from gsc_jax import workdir as workdir_lib
 from gsc_jax.models import convert
 from gsc_jax.models import resnet
+from gsc_jax.models import step_model
 from tests import dataset_trees
 
 TINY = ("model.backbone=resnet_tiny,model.head_channels=16,data.crop_size=32,"
@@ -30,7 +33,7 @@ TINY = ("model.backbone=resnet_tiny,model.head_channels=16,data.crop_size=32,"
 def _run(config_module, arg, root, tmp_path):
   config = config_module.get_config(
       f"{arg},{TINY},data.root={root},data.split_cache_dir={tmp_path / 'cache'}")
-  workdir = main.prepare(config, str(tmp_path / "run"))
+  workdir = workdir_lib.prepare(config, str(tmp_path / "run"))
   return workdir, train.train_and_evaluate(config, workdir)
 
 
@@ -89,7 +92,7 @@ def test_cityscapes_tree_domain_steps(tmp_path):
 def test_domain_tasks_refuse_background_shift_parts(tmp_path):
   config = cityscapes.get_config(f"11-5,method=gsc,gsc.prototypes=true,data.root={tmp_path}")
   with pytest.raises(ValueError, match="gsc.prototypes cannot be used on the domain"):
-    main.prepare(config, str(tmp_path / "run"))
+    workdir_lib.prepare(config, str(tmp_path / "run"))
 
 
 def test_bad_label_in_a_tree_stops_the_run_naming_the_file(tmp_path):
@@ -115,8 +118,9 @@ def test_step0_starts_from_the_converted_backbone(tmp_path, monkeypatch):
   def initial_variables(extra=""):
     config = synthetic.get_config("15-1,model.backbone=resnet_fixture,model.head_channels=8,"
                                   f"data.crop_size=32,model.pretrained={path}{extra}")
-    run = train.Run(config, str(tmp_path / "run"))
-    return run.initial_variables(0, train.make_model(config, (16,)), None, None)
+    facts = tasks.step_facts(tasks.task_of(config), 0)
+    model = step_model.make_model(config, facts.classifier_sizes)
+    return step_model.initial_variables(config, facts, model, None, mesh.make_mesh(), print)
 
   initial = initial_variables()
   for collection in ("params", "batch_stats"):

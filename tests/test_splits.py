@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from gsc_jax import tasks
-from gsc_jax.data import check_voc_counts
 from gsc_jax.data import splits
+from gsc_jax.tools import check_voc_counts
 from tests import dataset_trees
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,7 +162,7 @@ def test_voc_count_check_compares_with_published_counts():
 def test_voc_count_check_command_reports_a_mismatch(tmp_path):
   dataset_trees.write_voc_tree(tmp_path / "voc", [[1], [16], [1, 20]], [[1]])
   result = subprocess.run(
-      [sys.executable, "-m", "gsc_jax.data.check_voc_counts", f"--root={tmp_path / 'voc'}",
+      [sys.executable, "-m", "gsc_jax.tools.check_voc_counts", f"--root={tmp_path / 'voc'}",
        f"--split_cache_dir={tmp_path / 'cache'}"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1, result.stderr

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from gsc_jax.data import synthetic
+from gsc_jax.tools import write_synthetic_voc
 
 SIZE = 64  # small images keep the tests fast; the generator scales with the size
 
@@ -141,8 +142,8 @@ def test_bad_arguments():
 
 def test_voc_layout_round_trip(tmp_path, capsys):
   root = str(tmp_path / "voc")
-  synthetic.main([f"--out={root}", "--num_train=3", "--num_val=2", f"--image_size={SIZE}",
-                  "--seed=5"])
+  write_synthetic_voc.main([f"--out={root}", "--num_train=3", "--num_val=2",
+                            f"--image_size={SIZE}", "--seed=5"])
   assert "Wrote" in capsys.readouterr().out
   list_dir = os.path.join(root, "ImageSets", "Segmentation")
   with open(os.path.join(list_dir, "train_aug.txt")) as list_file:

@@ -1,4 +1,4 @@
-"""Task registry, label transforms and image filters (ALGORITHM.md 1.1-1.3)."""
+"""Task registry, label transforms and image filters (docs/algorithm.md 1.1-1.3)."""
 
 import numpy as np
 import pytest

@@ -12,7 +12,7 @@ from gsc_jax.data import ade
 from gsc_jax.data import cityscapes
 from gsc_jax.data import tfds_source
 from gsc_jax.data import voc
-from gsc_jax.tfds_builders import build
+from gsc_jax.tools import build_tfds
 from tests import dataset_trees
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def built(tmp_path_factory):
   data_dir = str(base / "tfds")
   for dataset, root in roots.items():
     _write_tree(dataset, root)
-    build.build(dataset, root, data_dir)
+    build_tfds.build(dataset, root, data_dir)
   return roots, data_dir
 
 
@@ -97,7 +97,7 @@ def test_num_classes_must_match_the_build(built):
 def test_missing_dataset_says_how_to_build_it(tmp_path):
   data_dir = str(tmp_path / "empty")
   with pytest.raises(FileNotFoundError,
-                     match="python -m gsc_jax.tfds_builders.build --dataset=ade"):
+                     match="python -m gsc_jax.tools.build_tfds --dataset=ade"):
     tfds_source.TFDSSegmentation("ade", "train", data_dir, 151)
 
 
@@ -107,7 +107,7 @@ def test_file_source_errors_propagate_and_nothing_is_built(tmp_path):
   corrupt = os.path.join(root, "JPEGImages", written["train"][1] + ".jpg")
   dataset_trees.corrupt_file(corrupt)
   with pytest.raises(ValueError, match=re.escape(f"cannot decode image {corrupt!r}")):
-    build.build("voc", root, data_dir)
+    build_tfds.build("voc", root, data_dir)
   with pytest.raises(FileNotFoundError, match="not found"):
     tfds_source.TFDSSegmentation("voc", "train", data_dir, 21)
 
@@ -141,9 +141,9 @@ import runpy
 from gsc_jax.data import tfds_source
 
 root, data_dir = sys.argv[1:]
-sys.argv = ["build", "--dataset=voc", "--root=" + root, "--data_dir=" + data_dir]
+sys.argv = ["build_tfds", "--dataset=voc", "--root=" + root, "--data_dir=" + data_dir]
 try:
-  runpy.run_module("gsc_jax.tfds_builders.build", run_name="__main__")
+  runpy.run_module("gsc_jax.tools.build_tfds", run_name="__main__")
 except SystemExit as exit:
   assert not exit.code, exit.code
 source = tfds_source.TFDSSegmentation("voc", "val", data_dir, 21)

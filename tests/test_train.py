@@ -10,8 +10,9 @@ import pytest
 
 from configs import synthetic
 from gsc_jax import checkpoint
-from gsc_jax import main
+from gsc_jax import errors
 from gsc_jax import train
+from gsc_jax import workdir as workdir_lib
 
 # Step 0 = background + classes 1-3, step 1 = class 4.
 TINY = ("3-1,data.num_classes=5,data.image_size=64,data.crop_size=64,data.eval_size=64,"
@@ -26,7 +27,7 @@ def tiny_config(extra: str = ""):
 
 def run(workdir, extra=""):
   config = tiny_config(extra)
-  workdir = main.prepare(config, str(workdir))
+  workdir = workdir_lib.prepare(config, str(workdir))
   return train.train_and_evaluate(config, workdir)
 
 
@@ -79,9 +80,9 @@ def test_resume_after_interruption_is_bitwise_identical(finished_run, tmp_path):
   reference_dir, reference = finished_run
   workdir = tmp_path / "interrupted"
   # 48 images / batch 8 = 6 iterations at step 0; checkpoints every 2.
-  with pytest.raises(train.InterruptedRun):
+  with pytest.raises(errors.RunStopped):
     run(workdir, ",method=mib,stop_after_iterations=3")  # killed in step 0
-  with pytest.raises(train.InterruptedRun):
+  with pytest.raises(errors.RunStopped):
     run(workdir, ",method=mib,stop_after_iterations=7")  # finishes step 0, killed in step 1
   assert checkpoint.export_exists(str(workdir), 0) and not checkpoint.export_exists(str(workdir), 1)
   assert os.listdir(os.path.join(checkpoint.step_dir(str(workdir), 1), "checkpoints"))
@@ -139,11 +140,12 @@ def gsc_run(finished_run, tmp_path_factory):
 def test_gsc_step_saves_thresholds_prototypes_and_group_means(gsc_run):
   workdir, summaries = gsc_run
   assert summaries[1]["new"] is not None
-  thresholds = checkpoint.read_json(read_step_file(workdir, 1, "entropy_thresholds.json"))
-  assert thresholds["mode"] == "histogram" and len(thresholds["thresholds"]) == 4
-  assert min(thresholds["thresholds"]) >= 0.001  # PLOP's floor
+  thresholds = checkpoint.load_pass_result(str(workdir), 1, "entropy_thresholds")["thresholds"]
+  assert len(thresholds) == 4
+  assert min(thresholds) >= 0.001  # PLOP's floor
   for step, num_classes in ((0, 4), (1, 5)):
-    prototypes, seen = checkpoint.load_prototypes(str(workdir), step)
+    result = checkpoint.load_pass_result(str(workdir), step, "prototypes")
+    prototypes, seen = result["prototypes"], result["prototype_seen"]
     assert prototypes.shape == (num_classes, 16) and seen.shape == (num_classes,)
     assert seen[0] and np.all(np.isfinite(prototypes))
   log_lines = [json.loads(line) for line in open(workdir / "log.jsonl")]
@@ -158,13 +160,14 @@ def test_gsc_resume_is_bitwise_identical(finished_run, gsc_run, tmp_path):
   gsc_dir, reference = gsc_run
   workdir = tmp_path / "interrupted"
   arguments = f",method=gsc,init_step0_from={reference_dir}"
-  with pytest.raises(train.InterruptedRun):
+  with pytest.raises(errors.RunStopped):
     run(workdir, arguments + ",stop_after_iterations=3")
   summaries = run(workdir, arguments)
   for a, b in zip(jax.tree.leaves(read_export(workdir, 1)), jax.tree.leaves(read_export(gsc_dir, 1))):
     np.testing.assert_array_equal(a, b)
-  np.testing.assert_array_equal(checkpoint.load_prototypes(str(workdir), 1)[0],
-                                checkpoint.load_prototypes(str(gsc_dir), 1)[0])
+  np.testing.assert_array_equal(
+      checkpoint.load_pass_result(str(workdir), 1, "prototypes")["prototypes"],
+      checkpoint.load_pass_result(str(gsc_dir), 1, "prototypes")["prototypes"])
   assert summaries == reference
 
 
@@ -172,10 +175,9 @@ def test_plop_exact_median_thresholds(finished_run, tmp_path):
   reference_dir, _ = finished_run
   workdir = tmp_path / "plop"
   summaries = run(workdir, f",method=plop,pseudo.thresholds=median,init_step0_from={reference_dir}")
-  thresholds = checkpoint.read_json(read_step_file(workdir, 1, "entropy_thresholds.json"))
-  assert thresholds["mode"] == "median"
+  thresholds = checkpoint.load_pass_result(str(workdir), 1, "entropy_thresholds")["thresholds"]
   # Exact medians of the normalised entropies: within [floor, 1 / (K_old log K)].
   bound = 1 / (4 * np.log(5))
-  assert all(0.001 <= value <= bound + 1e-6 for value in thresholds["thresholds"])
+  assert all(0.001 <= value <= bound + 1e-6 for value in thresholds)
   assert summaries[1]["step"] == 1
-  assert not os.path.exists(read_step_file(workdir, 1, checkpoint.PROTOTYPES_FILE))
+  assert not os.path.exists(checkpoint.pass_result_path(str(workdir), 1, "prototypes"))

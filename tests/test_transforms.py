@@ -1,4 +1,4 @@
-"""Per-example augmentation and evaluation preprocessing (ALGORITHM.md 1.7)."""
+"""Per-example augmentation and evaluation preprocessing (docs/algorithm.md 1.7)."""
 
 import numpy as np
 import pytest

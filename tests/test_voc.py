@@ -90,7 +90,7 @@ def test_missing_root_says_what_to_do(tmp_path):
   assert str(missing) in message
   assert "SegmentationClassAug" in message and "train_aug.txt" in message
   assert "python -m gsc_jax.main --config=configs/synthetic.py:15-1" in message
-  assert "python -m gsc_jax.data.synthetic --out=DIR" in message
+  assert "python -m gsc_jax.tools.write_synthetic_voc --out=DIR" in message
 
 
 def test_missing_list_file(voc_root):

@@ -130,7 +130,7 @@ class SubsetSource:
 
 
 class ApplyLabelLut(grain.transforms.Map):
-  """Raw class ids -> the step's target channels (ALGORITHM.md 1.3); errors on bad ids."""
+  """Raw class ids -> the step's target channels (docs/algorithm.md 1.3); errors on bad ids."""
 
   def __init__(self, lut: np.ndarray, num_classes: int):
     self.lut = lut

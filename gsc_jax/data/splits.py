@@ -1,4 +1,4 @@
-"""Per-step image lists (ALGORITHM.md 1.2), computed from the labels and cached on disk.
+"""Per-step image lists (docs/algorithm.md 1.2), computed from the labels and cached on disk.
 
 Class-incremental tasks select images by the classes in their labels, so every label of
 the split must be read once (10,582 PNGs for VOC train_aug, 20,210 for ADE: minutes). Both

@@ -58,10 +58,8 @@ seeded with ``[seed, split_id, index, stream]``, so ``read_label`` builds the la
 without rendering the image.
 """
 
-import argparse
 import dataclasses
 import os
-import sys
 import time
 
 import numpy as np
@@ -520,7 +518,8 @@ def write_voc_layout(root: str, num_train: int, num_val: int, num_classes: int =
      root/SegmentationClassAug/<name>.png  (8-bit single-channel PNG, mode 'L', raw class
        ids, 255 void)
      root/ImageSets/Segmentation/train_aug.txt and val.txt  (one image id per line)
-  Names like 'synth_train_000123' / 'synth_val_000045'."""
+  Names like 'synth_train_000123' / 'synth_val_000045'. The command line is
+  ``python -m gsc_jax.tools.write_synthetic_voc``."""
   image_dir = os.path.join(root, "JPEGImages")
   label_dir = os.path.join(root, "SegmentationClassAug")
   list_dir = os.path.join(root, "ImageSets", "Segmentation")
@@ -543,26 +542,3 @@ def write_voc_layout(root: str, num_train: int, num_val: int, num_classes: int =
               flush=True)
     with open(os.path.join(list_dir, list_name), "w") as list_file:
       list_file.writelines(name + "\n" for name in names)
-
-
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(
-      description="Write the synthetic segmentation dataset in the Pascal VOC layout.")
-  parser.add_argument("--out", required=True, help="output root directory")
-  parser.add_argument("--num_train", type=int, default=2000)
-  parser.add_argument("--num_val", type=int, default=300)
-  parser.add_argument("--num_classes", type=int, default=21)
-  parser.add_argument("--image_size", type=int, default=128)
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
-  print(f"Writing {args.num_train} train + {args.num_val} val synthetic images "
-        f"({args.num_classes} classes, {args.image_size} px, seed {args.seed}) to {args.out}")
-  write_voc_layout(args.out, args.num_train, args.num_val, args.num_classes,
-                   args.image_size, args.seed)
-  print(f"Wrote {os.path.join(args.out, 'JPEGImages')} (*.jpg), "
-        f"{os.path.join(args.out, 'SegmentationClassAug')} (*.png), "
-        f"{os.path.join(args.out, 'ImageSets', 'Segmentation')} (train_aug.txt, val.txt)")
-
-
-if __name__ == "__main__":
-  main(sys.argv[1:])

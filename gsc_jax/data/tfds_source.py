@@ -28,14 +28,14 @@ TFDS_SPLITS = {"train": "train", "val": "validation"}
 
 def build_command(dataset: str, data_dir: str) -> str:
   """The command that builds ``dataset`` into ``data_dir``."""
-  return (f"python -m gsc_jax.tfds_builders.build --dataset={dataset} "
+  return (f"python -m gsc_jax.tools.build_tfds --dataset={dataset} "
           f"--root=/path/to/{dataset}/tree --data_dir={data_dir}")
 
 
 def _corrupt(description: str, error: Exception) -> ValueError:
   """The error for a stored image or label that PIL cannot decode."""
   return ValueError(f"cannot decode {description} ({error}); the built dataset is corrupt: "
-                    "rebuild it with python -m gsc_jax.tfds_builders.build (docs/tfds.md)")
+                    "rebuild it with python -m gsc_jax.tools.build_tfds (docs/tfds.md)")
 
 
 class TFDSSegmentation:

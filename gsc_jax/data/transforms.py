@@ -1,4 +1,4 @@
-"""Per-example augmentation and evaluation preprocessing (ALGORITHM.md 1.7).
+"""Per-example augmentation and evaluation preprocessing (docs/algorithm.md 1.7).
 
 Every function takes an image (uint8 [H, W, 3] RGB) and, where geometry changes, its
 label (uint8 [H, W] class ids, 255 = void) and returns new arrays; the inputs are never

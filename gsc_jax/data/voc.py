@@ -43,8 +43,8 @@ def _missing_root_message(root: str) -> str:
       "the SBD-augmented labels (SegmentationClassAug, train_aug.txt).\n"
       "The synthetic demo needs no download: "
       "python -m gsc_jax.main --config=configs/synthetic.py:15-1\n"
-      "python -m gsc_jax.data.synthetic --out=DIR writes a synthetic dataset in this layout "
-      "(then use data.root=DIR).")
+      "python -m gsc_jax.tools.write_synthetic_voc --out=DIR writes a synthetic dataset in "
+      "this layout (then use data.root=DIR).")
 
 
 def _relative_to_root(root: str, path: str) -> str:

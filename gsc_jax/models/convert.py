@@ -24,10 +24,12 @@ inference uses, so it is copied as-is. Every checkpoint tensor except the classi
 ``num_batches_tracked`` must be used and every model variable filled with the right shape;
 anything else is an error, since a half-loaded backbone trains silently but badly.
 
-Command line (PyTorch needed only here, to read the .pth file):
+The command line is gsc_jax/tools/convert_backbone.py (PyTorch needed only there, to read
+the .pth file):
 
-  python -m gsc_jax.models.convert --format=iabn --input=resnet101_iabn_sync.pth.tar \\
-      --backbone=resnet101 --output=pretrained/resnet101_iabn.npz
+  python -m gsc_jax.tools.convert_backbone --format=iabn \\
+      --input=resnet101_iabn_sync.pth.tar --backbone=resnet101 \\
+      --output=pretrained/resnet101_iabn.npz
 
 The output .npz holds "params/..." and "batch_stats/..." arrays and a JSON metadata entry
 (source format, backbone, the activation the weights expect, source file name).
@@ -41,8 +43,6 @@ import pickle
 import re
 from typing import Callable
 
-from absl import app
-from absl import flags
 from absl import logging
 import flax
 import jax
@@ -272,7 +272,7 @@ def load_backbone(path: str) -> tuple[dict, dict]:
     if METADATA_KEY not in archive.files:
       raise errors.InputError(f"{path} has no {METADATA_KEY} entry: it was not written by "
                        "save_backbone; convert the checkpoint with "
-                       "python -m gsc_jax.models.convert")
+                       "python -m gsc_jax.tools.convert_backbone")
     metadata = json.loads(str(archive[METADATA_KEY]))
     flat = {key: archive[key] for key in archive.files if key != METADATA_KEY}
   return flax.traverse_util.unflatten_dict(flat, sep="/"), metadata
@@ -307,38 +307,3 @@ def pretrained_backbone_variables(path: str, backbone: str, activation: str) -> 
                      f"{metadata['activation']} but model.activation={activation}; set "
                      f"model.activation={metadata['activation']}")
   return variables
-
-
-# --- command line --------------------------------------------------------------------------
-
-def _define_flags() -> None:
-  """The command-line flags, defined only when this module is the program (importing it,
-  e.g. from the training driver, adds no flags)."""
-  flags.DEFINE_enum("format", None, sorted(FORMATS), "checkpoint family")
-  flags.DEFINE_string("input", None, "PyTorch checkpoint (.pth, .pth.tar, .pt) or .npz")
-  flags.DEFINE_string("backbone", "resnet101", f"one of {sorted(resnet.BACKBONES)}")
-  flags.DEFINE_string("output", None, "converted .npz to write")
-  flags.mark_flags_as_required(["format", "input", "output"])
-
-
-def main(argv) -> None:
-  """Converts --input, writes --output and prints a summary with the config to use it."""
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  options = flags.FLAGS
-  variables, metadata = convert_checkpoint(options.input, options.format, options.backbone)
-  save_backbone(options.output, variables, metadata)
-
-  leaves = jax.tree.leaves(variables)
-  parameters = sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
-  config_line = f"--config.model.pretrained={options.output}"
-  if metadata["activation"] != "leaky_relu":
-    config_line += f" --config.model.activation={metadata['activation']}"
-  print(f"converted {len(leaves)} tensors ({parameters:,} parameters) of {options.backbone} "
-        f"from {options.input} ({options.format}) to {options.output}\n"
-        f"use it with: {config_line}")
-
-
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)

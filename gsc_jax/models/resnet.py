@@ -1,4 +1,4 @@
-"""The dilated ResNet backbone of the DeepLabV3 used in incremental segmentation (ALGORITHM.md 1.4).
+"""The dilated ResNet backbone of the DeepLabV3 used in incremental segmentation (docs/algorithm.md 1.4).
 
 Layout is NHWC throughout. The network is a ResNet v1.5 (the stride of a downsampling
 bottleneck sits on its 3x3 convolution) with the standard stem:

@@ -1,7 +1,7 @@
 """TFDS builders that pack the segmentation datasets into ArrayRecord files.
 
 Importing this package registers the builders ``voc_aug``, ``ade20k`` and ``cityscapes``
-with tfds. Build with ``python -m gsc_jax.tfds_builders.build`` (docs/tfds.md); read with
+with tfds. Build with ``python -m gsc_jax.tools.build_tfds`` (docs/tfds.md); read with
 ``gsc_jax.data.tfds_source.TFDSSegmentation``. Neither needs TensorFlow.
 """
 

@@ -91,7 +91,7 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     if self.root is None:
       raise errors.InputError(
           f"building tfds dataset {self.name!r} needs the dataset tree: pass root=..., "
-          "e.g. python -m gsc_jax.tfds_builders.build --dataset=... --root=/path/to/tree "
+          "e.g. python -m gsc_jax.tools.build_tfds --dataset=... --root=/path/to/tree "
           "--data_dir=/path/to/tfds")
     sources = {split: self.make_source(source_split)
                for split, source_split in self.SOURCE_SPLITS.items()}

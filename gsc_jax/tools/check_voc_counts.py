@@ -1,6 +1,6 @@
-"""Checks a VOC tree against the published per-step image counts (ALGORITHM.md 1.2).
+"""Checks a VOC tree against the published per-step image counts (docs/algorithm.md 1.2).
 
-  python -m gsc_jax.data.check_voc_counts --root=/data/VOC2012
+  python -m gsc_jax.tools.check_voc_counts --root=/data/VOC2012
 
 Scans the train_aug labels once (cached like a training run's step lists), counts the
 training images of every step of 15-5, 15-1 and 19-1, overlapped and disjoint, and

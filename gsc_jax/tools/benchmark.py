@@ -1,6 +1,6 @@
 """Runs a benchmark config's grid of (task, method, seed) and writes its markdown table.
 
-  python -m gsc_jax.benchmark --benchmark=configs/synthetic_benchmark.py --workdir=runs/benchmark
+  python -m gsc_jax.tools.benchmark --benchmark=configs/synthetic_benchmark.py --workdir=runs/benchmark
 
 The config module provides ``get_config(arg)``, ``SEEDS``, ``STEP0_METHOD`` and ``RUNS``
 (per task, the table rows: a name and the config overrides). Step 0 of every (task, seed)
@@ -10,12 +10,14 @@ a finished run is skipped, so the same command resumes an interrupted benchmark 
 interrupted run resumes from its last checkpoint). Compiled programs are cached on disk
 in ``<workdir>/compilation_cache`` so that later seeds skip XLA compilation.
 
-Output: ``<workdir>/benchmark.md`` and, with ``--docs``, the same table in
-``docs/benchmark.md`` and between the benchmark markers of ``README.md``.
+Output: ``<workdir>/benchmark.md``, one plot per task of every method's mIoU per step
+(``<workdir>/<task>.png``) and, with ``--docs``, the same table in ``docs/benchmark.md`` and
+between the benchmark markers of ``README.md``, and the plots in ``docs/images/``.
 """
 
 import json
 import os
+import shutil
 import time
 
 from absl import app
@@ -26,15 +28,16 @@ import numpy as np
 
 from configs import common
 from gsc_jax import checkpoint
-from gsc_jax import main as gsc_main
+from gsc_jax import pictures
 from gsc_jax import train
+from gsc_jax import workdir as workdir_lib
 from gsc_jax import errors
 
 _BENCHMARK = flags.DEFINE_string(
     "benchmark", "configs/synthetic_benchmark.py",
     "benchmark config module (get_config, SEEDS, STEP0_METHOD, RUNS)")
-# --workdir (defined by gsc_jax.main) is where every run's work dir goes.
 _SEEDS = flags.DEFINE_list("seeds", None, "override the config's SEEDS (e.g. for tuning)")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/benchmark", "where every run's work dir goes")
 _DOCS = flags.DEFINE_bool("docs", False, "also write docs/benchmark.md and the README table")
 
 README_START = "<!-- benchmark table start -->"
@@ -63,7 +66,7 @@ def timed_run(config, workdir: str) -> tuple[dict, float]:
   if not timing["finished"]:
     start = time.time()
     try:
-      train.train_and_evaluate(config, gsc_main.prepare(config, workdir))
+      train.train_and_evaluate(config, workdir_lib.prepare(config, workdir))
       timing["finished"] = True
     finally:
       timing["seconds"] += time.time() - start
@@ -122,6 +125,39 @@ def table(module, results: dict, seeds) -> str:
   return "\n".join(lines)
 
 
+def mean_step_summaries(summaries: list[dict]) -> list[dict]:
+  """Per step, the mean over seeds of all / old / new (None where a seed has none)."""
+  steps = []
+  for per_seed in zip(*[summary["per_step"] for summary in summaries]):
+    mean = {"step": per_seed[0]["step"]}
+    for group in ("all", "old", "new"):
+      values = [s[group] for s in per_seed if s[group] is not None]
+      mean[group] = float(np.mean(values)) if values else None
+    steps.append(mean)
+  return steps
+
+
+def plot_methods(module, results: dict, seeds, directory: str) -> list[str]:
+  """One PNG per task (``<directory>/<task>.png``): mIoU all / old / new per step of every
+  row, mean over the finished seeds (tasks with no finished run are left out). Returns
+  the paths."""
+  paths = []
+  for task, rows in module.RUNS.items():
+    per_method = {}
+    for row_name, _ in rows:
+      finished = [results[(task, row_name, seed)][0] for seed in seeds
+                  if (task, row_name, seed) in results]
+      if finished:
+        per_method[row_name] = mean_step_summaries(finished)
+    if not per_method:
+      continue
+    path = os.path.join(directory, f"{run_name(task)}.png")
+    pictures.methods_plot(per_method, f"synthetic {task}: mean over seeds "
+                          f"{', '.join(map(str, seeds))}", path)
+    paths.append(path)
+  return paths
+
+
 def replace_between_markers(path: str, text: str) -> None:
   with open(path) as f:
     content = f.read()
@@ -141,7 +177,7 @@ def main(argv):
   except (FileNotFoundError, ValueError) as error:
     raise app.UsageError(str(error)) from None
   seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else list(module.SEEDS)
-  workdir = os.path.abspath(flags.FLAGS.workdir or "runs/benchmark")
+  workdir = os.path.abspath(_WORKDIR.value)
   jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compilation_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -175,11 +211,14 @@ def main(argv):
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump({f"{t}|{r}|{s}": {"summary": v[0], "seconds": v[1]}
                for (t, r, s), v in results.items()}, f, indent=1)
+  plots = plot_methods(module, results, seeds, workdir)
   print("\n" + markdown)
-  print(f"wrote {path}")
+  print(f"wrote {path} and {', '.join(plots)}")
   if _DOCS.value:
     replace_between_markers("docs/benchmark.md", markdown)
     replace_between_markers("README.md", markdown)
+    for plot in plots:
+      shutil.copy(plot, os.path.join("docs", "images", f"benchmark_{os.path.basename(plot)}"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Builds the Pascal VOC "aug" layout (SegmentationClassAug + train_aug.txt) from the
 original VOC 2012 and SBD releases.
 
-  python -m gsc_jax.data.build_voc_aug --voc=/path/VOCdevkit/VOC2012 \\
+  python -m gsc_jax.tools.build_voc_aug --voc=/path/VOCdevkit/VOC2012 \\
       --sbd=/path/benchmark_RELEASE --out=/path/VOC2012
 
 Inputs:

@@ -1,6 +1,6 @@
 """Builds a segmentation dataset into tfds ArrayRecord files (no TensorFlow needed).
 
-  python -m gsc_jax.tfds_builders.build --dataset=voc --root=/data/VOC2012 \
+  python -m gsc_jax.tools.build_tfds --dataset=voc --root=/data/VOC2012 \\
       --data_dir=/data/tfds
 
 reads the dataset tree under --root with the file source of gsc_jax (nothing is

@@ -1,6 +1,6 @@
 """Measures one train step of each method on the same model, relative to fine-tuning.
 
-  python -m gsc_jax.step_cost --config=configs/synthetic.py:15-1 --step=1
+  python -m gsc_jax.tools.step_cost --config=configs/synthetic.py:15-1 --step=1
 
 Builds the model of ``--step`` of the config's task (a random teacher, thresholds and
 prototypes: the cost does not depend on their values), jits each method's train step,
@@ -20,7 +20,9 @@ import numpy as np
 from configs import common
 from gsc_jax import methods
 from gsc_jax import tasks
-from gsc_jax import train
+from gsc_jax import train_step as train_step_lib
+from gsc_jax.models import incremental
+from gsc_jax.models import step_model
 
 _CONFIG = flags.DEFINE_string("config", "configs/synthetic.py:15-1",
                               "config file and argument, as for gsc_jax.main")
@@ -39,18 +41,16 @@ def load_config(method: str):
 def time_method(method: str, step: int, iterations: int) -> float:
   """Seconds per train step of ``method`` at ``step``."""
   config = load_config(method)
-  task = train.task_of(config)
-  classes_per_step = tasks.classes_per_step(task, step)
-  num_old = tasks.num_old_classes(task, step)
-  model = train.make_model(config, classes_per_step)
-  teacher_model = train.make_model(config, tasks.classes_per_step(task, step - 1))
-  images = train.dummy_images(config)
-  teacher_variables = teacher_model.init(jax.random.key(1), images, train=False)
-  variables = model.init(jax.random.key(2), images, train=False)
-  optimizer, _ = train.make_optimizer(config.optim, config.optim.lr_incremental, 1000)
-  train_step, compensator = train.make_train_step(model, teacher_model, optimizer, config,
-                                                  classes_per_step)
-  state = train.create_train_state(variables, optimizer, compensator)
+  facts = tasks.step_facts(tasks.task_of(config), step)
+  num_old = facts.num_old_classes
+  model = step_model.make_model(config, facts.classifier_sizes)
+  teacher_model = step_model.make_model(config, facts.teacher_classifier_sizes)
+  teacher_variables = incremental.init_variables(teacher_model, jax.random.key(1))
+  variables = incremental.init_variables(model, jax.random.key(2))
+  optimizer, _ = train_step_lib.make_optimizer(config.optim, config.optim.lr_incremental, 1000)
+  method_functions = methods.build(config, facts, model, teacher_model)
+  train_step = train_step_lib.make_train_step(model, teacher_model, method_functions, optimizer)
+  state = train_step_lib.create_train_state(variables, optimizer, method_functions)
   head_channels = config.model.head_channels
   frozen = {"teacher": teacher_variables,
             "thresholds": jnp.full(num_old, 0.01),

@@ -1,0 +1,52 @@
+"""The device mesh and how arrays are placed on it.
+
+One 1-D "data" mesh over every device of every process: batches are sharded over it,
+the model state and everything ``frozen`` is replicated. Under ``jax.jit`` over such a
+batch-sharded array every mean and sum over the batch (BN statistics included) is global.
+"""
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D "data" mesh over every device. Auto axis type: under the Explicit default a
+  ``bincount`` over a sharded batch raises a sharding type error."""
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def replicate(tree, mesh):
+  """A pytree of host arrays, replicated over the mesh."""
+  return jax.device_put(tree, replicated(mesh))
+
+
+def replicated_shapes(shapes, mesh):
+  """Shape/dtype tree -> abstract arrays replicated over the mesh (restore targets)."""
+  sharding = replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      shapes)
+
+
+def to_global_batch(local_batch: dict, mesh) -> dict:
+  """This process's rows -> one global array per key, sharded over the batch axis."""
+  sharding = batch_sharded(mesh)
+  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+          for key, value in local_batch.items()}
+
+
+def global_batches(dataset, num_batches: int, mesh):
+  """The first ``num_batches`` batches of ``dataset`` as global arrays."""
+  iterator = iter(dataset)
+  for _ in range(num_batches):
+    yield to_global_batch(next(iterator), mesh)

@@ -1,0 +1,96 @@
+"""PLOP (Douillard et al., CVPR 2021; docs/algorithm.md 4).
+
+Loss at step t > 0: the cross-entropy on entropy pseudo-labels, each image's pixels
+weighted by nu, plus Local POD. Before the step, one pass of the teacher over the step's
+training images gives a per-old-class entropy threshold (``threshold_pass``); during the
+step, a pixel labelled background takes the teacher's class when the teacher's entropy is
+below that class's threshold, and is ignored otherwise.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+from gsc_jax import losses
+from gsc_jax import pseudo_labels
+from gsc_jax.methods import base
+
+PRESET = {"loss.pod_weight": 0.01, "loss.pod_logits_weight": 0.0005, "pseudo.entropy": True}
+PUBLISHED = {
+    ("voc", "10-1"): {"optim.epochs_incremental": 10},  # PLOP's scripts/voc/plop_10-1.sh
+    ("ade", "*"): {"loss.pod_weight": 0.001, "loss.pod_logits_weight": 0.00001},
+}
+
+
+def threshold_pass(config, facts, teacher_model) -> base.DataPass:
+  """PLOP's per-old-class entropy thresholds from the teacher on the step's training data:
+  the released code's histogram procedure (``pseudo.thresholds=histogram``) or the exact
+  median (``median``), floored at ``pseudo.threshold_floor``."""
+  mode, floor = config.pseudo.thresholds, config.pseudo.threshold_floor
+  num_classes, num_old_classes = facts.num_classes, facts.num_old_classes
+
+  def batch_statistics(variables, frozen, batch):
+    del frozen
+    logits = teacher_model.apply(variables, batch["image"], train=False)["logits"]
+    labels = batch["label"].astype(jnp.int32)
+    if mode == "histogram":
+      return pseudo_labels.entropy_histogram(labels, logits, num_classes)
+    return (pseudo_labels.normalized_entropy(logits, num_classes),
+            jnp.argmax(logits, axis=-1), labels == 0)
+
+  def finish(results, previous):
+    del previous
+    if mode == "histogram":
+      histogram = np.sum([np.asarray(r, np.int64) for r in results], axis=0)
+      thresholds = pseudo_labels.histogram_thresholds(histogram, floor)
+    else:
+      entropies = np.concatenate([entropy[background] for entropy, _, background in results])
+      argmaxes = np.concatenate([argmax[background] for _, argmax, background in results])
+      thresholds = pseudo_labels.median_thresholds(entropies, argmaxes, num_old_classes, floor)
+    return {"thresholds": np.asarray(thresholds, np.float32)}
+
+  return base.DataPass("entropy_thresholds", batch_statistics, finish)
+
+
+def entropy_targets(config, facts):
+  """``training_targets`` with PLOP's entropy pseudo-labels
+  (``pseudo_labels.entropy_pseudo_labels``) and, with ``pseudo.adaptive_factor``, the
+  per-image nu = accepted background pixels / background pixels."""
+  num_classes, adaptive = facts.num_classes, config.pseudo.adaptive_factor
+
+  def training_targets(labels, teacher_outputs, frozen):
+    targets, nu, _ = pseudo_labels.entropy_pseudo_labels(
+        labels, teacher_outputs["logits"], frozen["thresholds"], num_classes)
+    return targets, nu if adaptive else jnp.ones_like(nu)
+
+  return training_targets
+
+
+def pod_term(config, facts):
+  """``outputs, teacher_outputs -> Local POD`` (``losses.local_pod``), or None when both
+  POD weights are 0."""
+  loss = config.loss
+  if loss.pod_weight == 0 and loss.pod_logits_weight == 0:
+    return None
+  scales = tuple(loss.pod_scales)
+
+  def pod(outputs, teacher_outputs):
+    return losses.local_pod(outputs, teacher_outputs, facts.num_old_classes,
+                            facts.num_new_classes, loss.pod_weight, loss.pod_logits_weight,
+                            scales)
+
+  return pod
+
+
+def build(config, facts, model, teacher_model) -> base.Method:
+  del model
+  pod = pod_term(config, facts)
+
+  def other_terms(outputs, targets, teacher_outputs, transform_state):
+    del targets, transform_state
+    return {} if pod is None else {"pod": pod(outputs, teacher_outputs)}
+
+  if not config.pseudo.entropy:
+    return base.Method(other_terms=other_terms)
+  return base.Method(training_targets=entropy_targets(config, facts), other_terms=other_terms,
+                     before_step=(threshold_pass(config, facts, teacher_model),),
+                     reports_nu=True)

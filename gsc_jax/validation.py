@@ -1,0 +1,214 @@
+"""Every config value checked before any compute, from one table.
+
+``FIELDS`` gives each field's rule: a set of valid choices, or a type with a range.
+``validate`` also checks the rules between fields (``CROSS_FIELD_RULES``) and what depends
+on the machine (the global batch must split evenly over the devices). Each error names the
+field, its value and what is valid. The method switches themselves are checked when the
+preset is resolved (gsc_jax/methods/__init__.py: a switch the method does not read).
+"""
+
+import dataclasses
+import math
+
+from gsc_jax import errors
+from gsc_jax import methods
+from gsc_jax import tasks
+from gsc_jax.data import pipeline
+from gsc_jax.models import incremental
+from gsc_jax.models import resnet
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """One of ``values`` (a tuple, or a function giving it when the valid set is open)."""
+  values: object
+
+  def problem(self, value):
+    values = self.values() if callable(self.values) else self.values
+    if value not in values:
+      return f"must be one of: {', '.join(map(str, values))}"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Number:
+  """A number of ``kind`` (int or float) in [minimum, maximum]; an exclusive bound is
+  given by ``above`` / ``below``."""
+  kind: type = float
+  minimum: float | None = None
+  maximum: float | None = None
+  above: float | None = None
+  below: float | None = None
+
+  def problem(self, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float) if self.kind is float
+                                                  else int):
+      return f"must be {'a number' if self.kind is float else 'an integer'}"
+    if not math.isfinite(value):
+      return "must be finite"
+    bounds = []
+    if self.minimum is not None and value < self.minimum:
+      bounds.append(f">= {self.minimum}")
+    if self.maximum is not None and value > self.maximum:
+      bounds.append(f"<= {self.maximum}")
+    if self.above is not None and value <= self.above:
+      bounds.append(f"> {self.above}")
+    if self.below is not None and value >= self.below:
+      bounds.append(f"< {self.below}")
+    return f"must be {' and '.join(bounds)}" if bounds else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+  def problem(self, value):
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+@dataclasses.dataclass(frozen=True)
+class Text:
+  def problem(self, value):
+    return None if isinstance(value, str) else "must be a string"
+
+
+@dataclasses.dataclass(frozen=True)
+class PositiveIntegers:
+  def problem(self, value):
+    if (not isinstance(value, (tuple, list)) or not value
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
+      return "must be a non-empty list of integers >= 1"
+    return None
+
+
+INTEGER = Number(int)
+POSITIVE_INTEGER = Number(int, minimum=1)
+NON_NEGATIVE = Number(float, minimum=0.0)
+FRACTION = Number(float, minimum=0.0, maximum=1.0)
+
+FIELDS = {
+    "dataset": Choice(pipeline.DATASETS),
+    "task": Text(),
+    "class_order": Text(),
+    "overlap": Flag(),
+    "method": Choice(methods.names),
+    "seed": INTEGER,
+    "workdir": Text(),
+    "first_step": Number(int, minimum=0),
+    "last_step": Number(int, minimum=-1),
+    "init_step0_from": Text(),
+    "log_every": POSITIVE_INTEGER,
+    "checkpoint_every": POSITIVE_INTEGER,
+    "stop_after_iterations": Number(int, minimum=-1),
+    "data.source": Choice(pipeline.SOURCES),
+    "data.root": Text(),
+    "data.tfds_dir": Text(),
+    "data.split_cache_dir": Text(),
+    "data.domain_test_fraction": Number(float, above=0.0, below=1.0),
+    "data.domain_split_seed": INTEGER,
+    "data.num_classes": Number(int, minimum=2, maximum=255),
+    "data.void_to_background": Flag(),
+    "data.crop_size": POSITIVE_INTEGER,
+    "data.crop_scale_min": Number(float, above=0.0),
+    "data.crop_scale_max": Number(float, above=0.0),
+    "data.crop_ratio_min": Number(float, above=0.0),
+    "data.crop_ratio_max": Number(float, above=0.0),
+    "data.flip_probability": FRACTION,
+    "data.eval_mode": Choice(("center_crop", "full")),
+    "data.eval_size": POSITIVE_INTEGER,
+    "data.eval_ignore_background": Flag(),
+    "data.eval_batch_size": POSITIVE_INTEGER,
+    "data.num_threads": POSITIVE_INTEGER,
+    "data.prefetch_batches": Number(int, minimum=0),
+    "data.image_size": Number(int, minimum=16),
+    "data.num_train_images": POSITIVE_INTEGER,
+    "data.num_val_images": POSITIVE_INTEGER,
+    "data.dataset_seed": INTEGER,
+    "model.backbone": Choice(lambda: sorted(resnet.BACKBONES)),
+    "model.output_stride": Choice((8, 16)),
+    "model.head_channels": POSITIVE_INTEGER,
+    "model.new_classifier_init": Choice(incremental.NEW_CLASSIFIER_INITS),
+    "model.activation": Choice(tuple(sorted(resnet.ACTIVATIONS))),
+    "model.pretrained": Text(),
+    "optim.batch_size": POSITIVE_INTEGER,
+    "optim.lr_step0": NON_NEGATIVE,
+    "optim.lr_incremental": NON_NEGATIVE,
+    "optim.epochs_step0": POSITIVE_INTEGER,
+    "optim.epochs_incremental": POSITIVE_INTEGER,
+    "optim.momentum": Number(float, minimum=0.0, below=1.0),
+    "optim.nesterov": Flag(),
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.poly_power": NON_NEGATIVE,
+    "loss.ce": Choice(("plain", "unbiased")),
+    "loss.kd_weight": NON_NEGATIVE,
+    "loss.kd_alpha": Number(float, above=0.0),
+    "loss.pod_weight": NON_NEGATIVE,
+    "loss.pod_logits_weight": NON_NEGATIVE,
+    "loss.pod_scales": PositiveIntegers(),
+    "pseudo.entropy": Flag(),
+    "pseudo.thresholds": Choice(("histogram", "median")),
+    "pseudo.threshold_floor": FRACTION,
+    "pseudo.adaptive_factor": Flag(),
+    "gsc.compensation": Flag(),
+    "gsc.groups": Choice(("step", "cumulative", "class")),
+    "gsc.use_exponent": Flag(),
+    "gsc.magnitude": Choice(("softmax", "sigmoid")),
+    "gsc.ema_decay": Number(float, minimum=0.0, below=1.0),
+    "gsc.relation": Flag(),
+    "gsc.relation_form": Choice(("soft_sharp", "temperature")),
+    "gsc.soft_label_weight": NON_NEGATIVE,
+    "gsc.sharpening_weight": NON_NEGATIVE,
+    "gsc.relation_weight": NON_NEGATIVE,
+    "gsc.temperature_kd_weight": NON_NEGATIVE,
+    "gsc.soft_temperature": Number(float, above=0.0),
+    "gsc.sharp_temperature": Number(float, above=0.0),
+    "gsc.prototypes": Flag(),
+    "gsc.similarity": Choice(("cosine", "euclidean")),
+    "gsc.tau": Number(float, above=0.0),
+    "gsc.theta": FRACTION,
+    "gsc.relabel_with_entropy": Flag(),
+}
+
+
+def _value(config, path: str):
+  node = config
+  for part in path.split("."):
+    node = node[part]
+  return node
+
+
+def _cross_field_problems(config) -> list[str]:
+  """Rules between fields; each entry names the fields and what to change."""
+  problems = []
+  data = config.data
+  if data.crop_scale_min > data.crop_scale_max:
+    problems.append(f"data.crop_scale_min={data.crop_scale_min} is above "
+                    f"data.crop_scale_max={data.crop_scale_max}")
+  if data.crop_ratio_min > data.crop_ratio_max:
+    problems.append(f"data.crop_ratio_min={data.crop_ratio_min} is above "
+                    f"data.crop_ratio_max={data.crop_ratio_max}")
+  if config.last_step != -1 and config.first_step > config.last_step:
+    problems.append(f"first_step={config.first_step} is after last_step={config.last_step}")
+  if data.source == "tfds" and config.dataset != "synthetic" and not data.tfds_dir:
+    problems.append("data.source=tfds needs data.tfds_dir (the directory or gs:// path the "
+                    "datasets were built into; see docs/tfds.md)")
+  return problems
+
+
+def validate(config, num_devices: int) -> None:
+  """Raises ``errors.InputError`` listing every invalid field (after the preset is
+  resolved, so that no field is still unset)."""
+  problems = []
+  for path, rule in FIELDS.items():
+    value = _value(config, path)
+    problem = "is unset" if value is None else rule.problem(value)
+    if problem:
+      problems.append(f"{path}={value!r} {problem}")
+  if not problems:
+    problems += _cross_field_problems(config)
+    for path in ("optim.batch_size", "data.eval_batch_size"):
+      if _value(config, path) % num_devices:
+        problems.append(f"{path}={_value(config, path)} must be divisible by the "
+                        f"{num_devices} devices")
+    if not problems:
+      tasks.task_of(config)  # an unknown task or a bad class order
+  if problems:
+    raise errors.InputError("invalid config: " + "; ".join(problems))
