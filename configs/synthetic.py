@@ -12,9 +12,10 @@ Every VOC task name works (21 classes by default); ``data.num_classes=151`` give
 tasks. The images are generated on the fly from (seed, split, index); see
 gsc_jax/data/synthetic.py for what each class looks like.
 
-Expected (seed 0, measured on a 2-core CPU; README "Results"): 15-1 with MiB in about 7
-minutes, final mIoU old/new/all 55.7/32.3/50.2; fine-tuning 5.5/6.4/5.7 (it forgets the
-old classes); joint training (offline) 70.6 all.
+Expected (seed 0, measured on a 2-core AMD EPYC CPU; README "Results", which also gives
+the spread to expect on other machines, about 5 points): 15-1 with MiB in about 3 minutes,
+final mIoU old/new/all 63.5/34.2/56.5; fine-tuning 5.5/6.4/5.7 (it forgets the old
+classes); joint training (offline) 70.0 all.
 
 The schedule is shortened for the CPU (6 epochs at step 0, 10 per incremental step, lr
 0.05 / 0.01); the other optimiser settings are the published ones.

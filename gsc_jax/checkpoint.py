@@ -3,14 +3,17 @@
 Work-dir layout of one run::
 
   <workdir>/config.json                  the resolved config
+  <workdir>/run.lock                     while a run uses the work dir (gsc_jax/workdir.py)
   <workdir>/log.jsonl                    one JSON line per progress report / evaluation
-  <workdir>/results.csv, summary.json    per-step results
+  <workdir>/tensorboard/                 TensorBoard events (gsc_jax/tensorboard.py)
+  <workdir>/results.csv, summary.json    per-step results; miou.png, their plot
   <workdir>/step_<t>/checkpoints/<it>/   train state + grain iterator state (exact resume)
   <workdir>/step_<t>/export/             params + batch stats at the end of step t
   <workdir>/step_<t>/prototypes.npz      GSC's class prototypes at the end of step t
   <workdir>/step_<t>/export_meta.json    written last: the export is complete
   <workdir>/step_<t>/entropy_thresholds.npz   PLOP's thresholds used while training step t
   <workdir>/step_<t>/metrics.json        evaluation after step t: the step is finished
+  <workdir>/step_<t>/predictions.png     image | ground truth | prediction after step t
 """
 
 import json

@@ -41,7 +41,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
-  config = _CONFIG.value
+  try:
+    config = _CONFIG.value
+    config.method  # pylint: disable=pointless-statement  # a file that failed to load raises here
+  except OSError as error:
+    print(f"error: cannot read the --config file: {' '.join(str(error).split())}",
+          file=sys.stderr)
+    sys.exit(2)
   try:
     workdir = workdir_lib.prepare(config, _WORKDIR.value)
     train.train_and_evaluate(config, workdir)
@@ -66,10 +72,19 @@ def parse_flags(argv):
           "is listed in configs/common.py (get_base_config)", file=sys.stderr)
     sys.exit(2)
   except flags.Error as error:
-    cause = error.__cause__ or error.__context__
-    message = cause if isinstance(cause, errors.InputError) else error
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {_innermost_input_error(error) or error}", file=sys.stderr)
     sys.exit(2)
+
+
+def _innermost_input_error(error):
+  """The first ``errors.InputError`` that caused ``error`` (ml_collections re-raises a config
+  file's error with the traceback in its message), or None."""
+  found = None
+  while error is not None:
+    if isinstance(error, errors.InputError):
+      found = error
+    error = error.__cause__ or error.__context__
+  return found
 
 
 if __name__ == "__main__":

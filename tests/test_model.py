@@ -63,7 +63,7 @@ def old_variables(initial_variables, images):
 def grow(old_variables, init):
   new_model = tiny_model(NEW_STEPS)
   return jax.jit(lambda old, rng: incremental.grow_variables(
-      new_model, old, rng, 64, step=2, init=init))(old_variables, jax.random.key(7))
+      new_model, old, rng, step=2, init=init))(old_variables, jax.random.key(7))
 
 
 # --- shapes ----------------------------------------------------------------------------------
@@ -301,10 +301,10 @@ def test_grow_with_mib_init_splits_background_probability(old_variables, images)
 def test_grow_rejects_unknown_init_and_wrong_step(old_variables):
   new_model = tiny_model(NEW_STEPS)
   with pytest.raises(ValueError, match="init"):
-    incremental.grow_variables(new_model, old_variables, jax.random.key(0), 64, 2, init="zero")
+    incremental.grow_variables(new_model, old_variables, jax.random.key(0), 2, init="zero")
   with pytest.raises(ValueError, match="classifier_3"):
     jax.eval_shape(lambda: incremental.grow_variables(
-        new_model, old_variables, jax.random.key(0), 64, 3))
+        new_model, old_variables, jax.random.key(0), 3))
 
 
 def test_mib_init_values_by_hand():

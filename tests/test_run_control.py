@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import pytest
 
@@ -143,11 +142,18 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
 
 
 def test_bad_input_is_one_line_and_other_errors_keep_their_traceback(tmp_path):
-  bad = _main(tmp_path / "bad", "--config.gsc.groups=steps")
-  _, stderr = bad.communicate(timeout=300)
-  assert bad.returncode == 2
-  assert "Traceback" not in stderr
-  assert stderr.strip().splitlines()[-1].startswith("error: invalid config: gsc.groups='steps'")
+  bad_inputs = [
+      (("--config.gsc.groups=steps",), "error: invalid config: gsc.groups='steps'"),
+      (("--config=configs/synthetic.py:15-1,optim.batch_size=eight",),
+       "error: config key optim.batch_size='eight'"),
+      (("--config=configs/nope.py:15-1",), "error: cannot read the --config file"),
+  ]
+  for arguments, first_words in bad_inputs:
+    bad = _main(tmp_path / "bad", *arguments)
+    _, stderr = bad.communicate(timeout=300)
+    assert bad.returncode == 2, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith(first_words), stderr[-2000:]
   script = ("import sys; from absl import app; from gsc_jax import main;"
             "main.train.train_and_evaluate = lambda config, workdir: 1 / 0;"
             f"sys.argv = ['main', '--config=configs/synthetic.py:{TINY}', "

@@ -124,8 +124,8 @@ def test_grow_variables_bitwise_equal_to_full_init(old_variables, fresh_new_mode
     expected = {**expected,
                 "params": incremental.init_new_classifier_mib(expected["params"], 2)}
   model = tiny_model(NEW_STEPS)
-  eager = incremental.grow_variables(model, old_variables, GROW_RNG, CROP, 2, init=init)
-  jitted = jax.jit(lambda old, r: incremental.grow_variables(model, old, r, None, 2, init=init))(
+  eager = incremental.grow_variables(model, old_variables, GROW_RNG, 2, init=init)
+  jitted = jax.jit(lambda old, r: incremental.grow_variables(model, old, r, 2, init=init))(
       old_variables, GROW_RNG)
   assert_bitwise_equal(eager, expected)
   assert_bitwise_equal(jitted, expected)

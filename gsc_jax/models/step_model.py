@@ -39,7 +39,7 @@ def initial_variables(config, facts, model, teacher_variables, mesh, log):
     variables = jax.jit(lambda teacher: teacher, out_shardings=replicated)(teacher_variables)
   else:
     variables = jax.jit(lambda teacher, rng: incremental.grow_variables(
-        model, teacher, rng, None, facts.step, init=config.model.new_classifier_init),
+        model, teacher, rng, facts.step, init=config.model.new_classifier_init),
                         out_shardings=replicated)(teacher_variables, rng)
   if not facts.has_teacher and config.model.pretrained:
     backbone = convert.pretrained_backbone_variables(

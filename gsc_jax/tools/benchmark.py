@@ -152,8 +152,9 @@ def plot_methods(module, results: dict, seeds, directory: str) -> list[str]:
     if not per_method:
       continue
     path = os.path.join(directory, f"{run_name(task)}.png")
-    pictures.methods_plot(per_method, f"synthetic {task}: mean over seeds "
-                          f"{', '.join(map(str, seeds))}", path)
+    over = (f"seed {seeds[0]}" if len(seeds) == 1
+            else f"mean over seeds {', '.join(map(str, seeds))}")
+    pictures.methods_plot(per_method, f"synthetic {task}: {over}", path)
     paths.append(path)
   return paths
 
