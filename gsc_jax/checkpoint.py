@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gsc_jax import atomic_files
 from gsc_jax import errors
 
 
@@ -35,10 +36,12 @@ def write_json(path: str, data) -> None:
   """Writes JSON atomically from process 0, so a kill never leaves half a file."""
   if jax.process_index() != 0:
     return
-  temporary = path + ".tmp"
-  with open(temporary, "w") as f:
-    json.dump(data, f, indent=2)
-  os.replace(temporary, path)
+
+  def write(temporary):
+    with open(temporary, "w") as f:
+      json.dump(data, f, indent=2)
+
+  atomic_files.write_atomically(path, write)
 
 
 def read_json(path: str):
@@ -94,11 +97,12 @@ def save_pass_result(workdir: str, step: int, name: str, arrays: dict) -> None:
   has its passes' results)."""
   if jax.process_index() != 0:
     return
-  path = pass_result_path(workdir, step, name)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "wb") as f:
-    np.savez(f, **{key: np.asarray(value) for key, value in arrays.items()})
-  os.replace(path + ".tmp", path)
+
+  def write(temporary):
+    with open(temporary, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+      np.savez(f, **{key: np.asarray(value) for key, value in arrays.items()})
+
+  atomic_files.write_atomically(pass_result_path(workdir, step, name), write)
 
 
 def load_pass_result(workdir: str, step: int, name: str, missing_ok: bool = False):

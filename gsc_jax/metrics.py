@@ -197,7 +197,7 @@ def write_summary_json(path: str, task: tasks.Task, step_summaries: list[dict]) 
     json.dump(result, file, indent=2)
 
 
-def _percent(value) -> str:
+def percent(value) -> str:
   return "-" if value is None else f"{100 * value:.1f}"
 
 
@@ -211,9 +211,9 @@ def format_table(task: tasks.Task, step_summaries: list[dict]) -> str:
   for summary in step_summaries:
     groups = summary.get("groups") or {}
     rows.append([str(summary["step"])]
-                + [_percent(summary.get(key)) for key in ("all", "old", "new")]
-                + [_percent(groups.get(name)) for name in group_names])
-  rows.append(["avg", _percent(average_over_steps(step_summaries))])
+                + [percent(summary.get(key)) for key in ("all", "old", "new")]
+                + [percent(groups.get(name)) for name in group_names])
+  rows.append(["avg", percent(average_over_steps(step_summaries))])
   widths = [max(len(row[column]) for row in rows if column < len(row))
             for column in range(len(header))]
   lines = [f"{task.dataset} {task.name}: mIoU (%) after each step"]

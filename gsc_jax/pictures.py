@@ -6,15 +6,13 @@ functions, so importing this module stays cheap. Every file is written atomicall
 temporary file next to it, then ``os.replace``), so a reader never sees half a PNG.
 """
 
-import os
-import uuid
-
 import numpy as np
 from PIL import Image
 
+from gsc_jax import atomic_files
 from gsc_jax import errors
+from gsc_jax.tasks import IGNORE_LABEL
 
-VOID_LABEL = 255
 VOID_COLOR = (255, 255, 255)
 SEPARATOR_COLOR = (255, 255, 255)
 PLOT_SIZE_INCHES = (6.4, 4.0)
@@ -35,8 +33,8 @@ def voc_palette(num_ids: int = 256) -> np.ndarray:
       blue |= ((code >> 2) & 1) << (7 - bit)
       code >>= 3
     palette[index] = (red, green, blue)
-  if num_ids > VOID_LABEL:
-    palette[VOID_LABEL] = VOID_COLOR
+  if num_ids > IGNORE_LABEL:
+    palette[IGNORE_LABEL] = VOID_COLOR
   return palette
 
 
@@ -113,22 +111,6 @@ def prediction_grid(images, labels, predictions, mean, std, *, palette=VOC_PALET
   return grid
 
 
-def _atomic_write(path: str, write) -> None:
-  """Calls ``write(tmp_path)`` for a temporary file beside ``path``, then renames it to
-  ``path`` (the parent folder is created); the temporary file is removed on failure."""
-  parent = os.path.dirname(path)
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  tmp_path = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-  try:
-    write(tmp_path)
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
-
-
 def save_png(path: str, array) -> None:
   """Writes a uint8 [H, W] (grey), [H, W, 3] (RGB) or [H, W, 4] (RGBA) array as a PNG file,
   atomically."""
@@ -138,7 +120,7 @@ def save_png(path: str, array) -> None:
     raise ValueError(f"uint8 [H, W], [H, W, 3] or [H, W, 4] expected, got {array.dtype} "
                      f"{array.shape}")
   image = Image.fromarray(array)
-  _atomic_write(path, lambda tmp_path: image.save(tmp_path, format="PNG"))
+  atomic_files.write_atomically(path, lambda tmp_path: image.save(tmp_path, format="PNG"))
 
 
 # --- plots ---------------------------------------------------------------------------------------
@@ -182,7 +164,7 @@ def _set_step_range(axes, step_lists) -> None:
 
 
 def _save_figure(figure, path: str) -> None:
-  _atomic_write(path, lambda tmp_path: figure.savefig(tmp_path, format="png", dpi=PLOT_DPI))
+  atomic_files.write_atomically(path, lambda tmp_path: figure.savefig(tmp_path, format="png", dpi=PLOT_DPI))
 
 
 def _miou_figure(step_summaries: list[dict], title: str):

@@ -24,7 +24,3 @@ def append_jsonl(workdir: str, record: dict) -> None:
 def format_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def percent(value) -> str:
-  return "-" if value is None else f"{100 * value:.1f}"

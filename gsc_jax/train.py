@@ -44,7 +44,7 @@ from gsc_jax.data import pipeline
 from gsc_jax.data import splits
 from gsc_jax.data import transforms
 from gsc_jax.models import step_model
-from gsc_jax.reporting import append_jsonl, format_duration, log, percent
+from gsc_jax.reporting import append_jsonl, format_duration, log
 
 NUM_PICTURE_IMAGES = 4  # test images drawn at the end of every step
 
@@ -205,7 +205,7 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
 
   iteration = int(jax.device_get(state["iteration"]))
   interval_start, interval_iterations = time.time(), 0
-  previous_scalars = None
+  unchecked = None  # the scalars of the last iteration whose flags were not read yet
   try:
     while iteration < max_iterations:
       batch = mesh_lib.to_global_batch(next(data_iterator), run.mesh)
@@ -214,17 +214,21 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
       interval_iterations += 1
       run.iterations_this_run += 1
       # The previous iteration's flags: reading them does not wait for this one.
-      if previous_scalars is not None:
-        check_finite(previous_scalars, step, iteration - 1, last_good)
-      previous_scalars = scalars
-      if iteration % config.log_every == 0 or iteration == max_iterations:
+      if unchecked is not None:
+        check_finite(unchecked, step, iteration - 1, last_good)
+      unchecked = scalars
+      reporting = iteration % config.log_every == 0 or iteration == max_iterations
+      stopping = run.stop.received is not None
+      saving = ((iteration % config.checkpoint_every == 0 or stopping)
+                and iteration < max_iterations)
+      if reporting or saving:  # nothing is reported or saved from a non-finite iteration
         check_finite(scalars, step, iteration, last_good)
+        unchecked = None
+      if reporting:
         report_progress(run, step, iteration, max_iterations, scalars, schedule,
                         (time.time() - interval_start) / interval_iterations)
         interval_start, interval_iterations = time.time(), 0
-      stopping = run.stop.received is not None
-      if (iteration % config.checkpoint_every == 0 or stopping) and iteration < max_iterations:
-        check_finite(scalars, step, iteration, last_good)
+      if saving:
         checkpoint.save_train_state(manager, iteration, state, data_iterator)
         last_good = iteration
       if stopping:
@@ -233,8 +237,8 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
       if run.iterations_this_run == config.stop_after_iterations:  # as if killed: no save
         raise errors.RunStopped(f"stopped after {run.iterations_this_run} iterations "
                                 f"(stop_after_iterations) at step {step} iteration {iteration}")
-    if previous_scalars is not None:
-      check_finite(previous_scalars, step, iteration, last_good)
+    if unchecked is not None:
+      check_finite(unchecked, step, iteration, last_good)
   finally:
     manager.wait_until_finished()  # a checkpoint being written is completed on every exit
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
@@ -263,8 +267,8 @@ def evaluate_step(run: Run, facts: tasks.StepFacts, model, variables) -> dict:
   summary["num_test_images"] = int(len(indices))
   summary["evaluation"] = metrics.evaluation_protocol(run.config.data)
   log(f"step {step}: evaluated {len(indices)} images in {time.time() - start:.1f} s: "
-      f"mIoU all {percent(summary['all'])} old {percent(summary['old'])} "
-      f"new {percent(summary['new'])}")
+      f"mIoU all {metrics.percent(summary['all'])} old {metrics.percent(summary['old'])} "
+      f"new {metrics.percent(summary['new'])}")
   append_jsonl(run.workdir, {"step": step, "eval": summary})
   draw_predictions(run, facts, eval_step, variables)
   run.events.scalars(step, {f"eval/mIoU_{group}": 100 * summary[group]

@@ -168,13 +168,6 @@ FIELDS = {
 }
 
 
-def _value(config, path: str):
-  node = config
-  for part in path.split("."):
-    node = node[part]
-  return node
-
-
 def _cross_field_problems(config) -> list[str]:
   """Rules between fields; each entry names the fields and what to change."""
   problems = []
@@ -198,15 +191,15 @@ def validate(config, num_devices: int) -> None:
   resolved, so that no field is still unset)."""
   problems = []
   for path, rule in FIELDS.items():
-    value = _value(config, path)
+    value = methods.field(config, path)
     problem = "is unset" if value is None else rule.problem(value)
     if problem:
       problems.append(f"{path}={value!r} {problem}")
   if not problems:
     problems += _cross_field_problems(config)
     for path in ("optim.batch_size", "data.eval_batch_size"):
-      if _value(config, path) % num_devices:
-        problems.append(f"{path}={_value(config, path)} must be divisible by the "
+      if methods.field(config, path) % num_devices:
+        problems.append(f"{path}={methods.field(config, path)} must be divisible by the "
                         f"{num_devices} devices")
     if not problems:
       tasks.task_of(config)  # an unknown task or a bad class order

@@ -32,8 +32,9 @@ import zlib
 
 import numpy as np
 
-from gsc_jax import tasks
+from gsc_jax import atomic_files
 from gsc_jax import errors
+from gsc_jax import tasks
 
 SCAN_THREADS = 8  # PNG decoding releases the GIL
 DEFAULT_CACHE_ROOT = "~/.cache/gsc_jax/splits"  # as data.split_cache_dir in configs/common.py
@@ -54,14 +55,6 @@ def progress(iterable, total: int, description: str, every_seconds: float = 10.0
       eta = elapsed / fraction - elapsed if fraction else 0.0
       print(f"  {description} [{bar}] {100 * fraction:3.0f}% {count:,}/{total:,} "
             f"{elapsed:.0f} s, ETA {eta:.0f} s", file=sys.stderr, flush=True)
-
-
-def _write_atomically(path: str, write_fn) -> None:
-  """Writes via a temporary file and a rename, so readers (other hosts) never see half."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  temporary = f"{path}.tmp{os.getpid()}"
-  write_fn(temporary)
-  os.replace(temporary, path)
 
 
 def _scan(source, description: str) -> list[np.ndarray]:
@@ -94,7 +87,7 @@ def label_classes(source, description: str, source_cache_dir: str | None) -> lis
   if path:
     offsets = np.cumsum([0] + [len(c) for c in classes])
     values = np.concatenate(classes).astype(np.uint8)
-    _write_atomically(path, lambda tmp: _write_npz(tmp, values=values, offsets=offsets))
+    atomic_files.write_atomically(path, lambda tmp: _write_npz(tmp, values=values, offsets=offsets))
   return classes
 
 
@@ -157,7 +150,7 @@ class StepLists:
       record = {**self._key(split, step), "source_fingerprint": self._fingerprint(split),
                 "num_images": len(names), "content_hash": content_hash(names),
                 "indices": indices.tolist(), "names": names}
-      _write_atomically(path, lambda tmp: _write_json(tmp, record))
+      atomic_files.write_atomically(path, lambda tmp: _write_json(tmp, record))
     return indices
 
   def _compute(self, split: str, step: int) -> np.ndarray:

@@ -60,14 +60,17 @@ def module_of(name: str):
   return importlib.import_module(f"{__name__}.{name}")
 
 
-def _get(config, path: str):
-  section, field = path.split(".")
-  return config[section][field]
+def field(config, path: str):
+  """The value of the config field ``path`` ("section.name" or "name")."""
+  node = config
+  for part in path.split("."):
+    node = node[part]
+  return node
 
 
 def _set(config, path: str, value) -> None:
-  section, field = path.split(".")
-  config[section][field] = value
+  section, name = path.split(".")
+  config[section][name] = value
 
 
 def resolve_preset(config) -> list[str]:
@@ -78,7 +81,7 @@ def resolve_preset(config) -> list[str]:
   """
   module = module_of(config.method)
   foreign = [path for path, neutral in SWITCHES.items()
-             if path not in module.PRESET and _get(config, path) not in (None, neutral)]
+             if path not in module.PRESET and field(config, path) not in (None, neutral)]
   if foreign:
     raise errors.InputError(
         f"method {config.method} does not use {', '.join(foreign)} (it reads "
@@ -94,10 +97,10 @@ def resolve_preset(config) -> list[str]:
   values.setdefault("optim.epochs_incremental", config.optim.epochs_step0)
   filled = []
   for path, value in values.items():
-    if _get(config, path) is None:
+    if field(config, path) is None:
       _set(config, path, value)
       filled.append(f"{path}={value}")
-  switched_on = [path for path in NOT_FOR_DOMAIN_TASKS if _get(config, path)]
+  switched_on = [path for path in NOT_FOR_DOMAIN_TASKS if field(config, path)]
   if domain_task and switched_on:
     raise errors.InputError(
         f"{', '.join(switched_on)} cannot be used on the domain-incremental task "
