@@ -124,6 +124,8 @@ def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
   config.data.eval_mode = "center_crop"  # center_crop (published) | full
   config.data.eval_size = 512        # center_crop: shorter side and crop; full: pad images to this square
   config.data.eval_ignore_background = False  # True: class 0 is not scored (MiB's ADE protocol)
+  # Classes not seen yet at test time: ignore (MiB) | background (PLOP's code: scored as 0)
+  config.data.eval_unseen = "ignore"
   config.data.eval_batch_size = 24   # global
   config.data.num_threads = 2        # grain read threads per process
   config.data.prefetch_batches = 4
@@ -168,27 +170,44 @@ def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
   config.pseudo.thresholds = "histogram"  # histogram (PLOP's released code) | median (exact)
   config.pseudo.threshold_floor = 0.001   # every per-class entropy threshold is at least this
   config.pseudo.adaptive_factor = True    # weight each image's CE by nu (accepted / background)
+  # Threshold quantile of epoch e: min(start + per_epoch * e, max). Preset: plop the median
+  # at every epoch (0.5, 0, 0.5); gsc FISS's rising quantile (0.2, 0.1, 0.8).
+  config.pseudo.quantile_start = config_dict.placeholder(float)
+  config.pseudo.quantile_per_epoch = config_dict.placeholder(float)
+  config.pseudo.quantile_max = config_dict.placeholder(float)
 
-  # GSC's three parts (docs/algorithm.md 5; reconstructed, see docs/gsc_step.md).
+  # GSC's three parts (docs/algorithm.md 5; reconstructed from its sister methods' code, see
+  # docs/gsc_step.md). Defaults: the second reconstruction; gsc_jax/methods/gsc.py
+  # FIRST_RECONSTRUCTION lists the values that give the first one.
   config.gsc = ml_collections.ConfigDict()
   config.gsc.compensation = config_dict.placeholder(bool)  # 5.1; preset: gsc True
-  config.gsc.groups = "step"          # step | cumulative (all old classes) | class
+  config.gsc.groups = "fiss"          # fiss (nested, FISS) | step | old_new (GLFC) | class
+  config.gsc.magnitude = "sigmoid"    # g = 1 - p(y): sigmoid (FISS, GLFC) | softmax (HFC)
   config.gsc.use_exponent = True      # g^zeta with zeta = K_old / K (False: zeta = 1)
-  config.gsc.magnitude = "softmax"    # g = 1 - p(y) with softmax | sigmoid probabilities
+  config.gsc.bound = False            # HFC: g <- ln(1 + g), old-class weights in [0.5, 1.2]
   config.gsc.ema_decay = 0.0          # EMA of the group means across iterations (0: per batch)
   config.gsc.relation = config_dict.placeholder(bool)      # 5.2; preset: gsc True
-  config.gsc.relation_form = "soft_sharp"  # soft_sharp (three terms) | temperature
+  config.gsc.relation_form = "soft_sharp"  # soft_sharp (RDP) | temperature (two-temperature KD)
+  # soft_sharp's soft-label term: softmax (RDP, every pixel) | bce (GLFC/HFC) |
+  # softmax_valid (first reconstruction: void and rejected pixels left out)
+  config.gsc.soft_label_form = "softmax"
   config.gsc.soft_label_weight = 0.3
   config.gsc.sharpening_weight = 0.1
-  config.gsc.relation_weight = 0.5
+  config.gsc.class_relation = "off"   # off | fiss (FISS's term) | first (first reconstruction)
+  config.gsc.class_relation_weight = 0.5
   config.gsc.temperature_kd_weight = 10.0  # temperature form only
   config.gsc.soft_temperature = 2.0
   config.gsc.sharp_temperature = 0.5
   config.gsc.prototypes = config_dict.placeholder(bool)    # 5.3; preset: gsc True
-  config.gsc.similarity = "cosine"    # cosine | euclidean (feature-to-prototype)
-  config.gsc.tau = 0.1                # temperature of the softmax over prototype similarities
-  config.gsc.theta = 0.5              # minimum corrected score to accept an old class
-  config.gsc.relabel_with_entropy = True  # also require PLOP's entropy filter to accept
+  # teacher (the teacher on this step's images, before it: RDP) | previous_model (the
+  # previous step's final model on its own images, after that step: first reconstruction)
+  config.gsc.prototype_source = "teacher"
+  config.gsc.similarity = "euclidean"  # euclidean (plain distance, RDP) | cosine | squared_euclidean
+  config.gsc.tau = 1.0                # temperature of the softmax over prototype similarities
+  # filter_then_relabel (entropy filter, then argmax of the corrected score) | rdp (every
+  # background pixel relabelled, nu = 1) | first (both rules must accept; theta)
+  config.gsc.relabel = "filter_then_relabel"
+  config.gsc.theta = 0.5              # relabel=first: minimum corrected score of an old class
   return config
 
 

@@ -153,9 +153,16 @@ def local_pod(outputs, teacher_outputs, num_old_classes, num_new_classes,
 
 
 # --- GSC: soft-sharp semantic relation distillation (docs/algorithm.md 5.2) ---------------------
+#
+# Two reconstructions live here. The first (soft_label_loss, class_relation_loss) is kept
+# unchanged so that earlier results can be reproduced. The second follows the released code
+# of RDP (BladeDancer957/INER_RDP, src/utils.py, src/trainer.py:batch_loss_rdp), FISS
+# (JiahuaDong/FISS, train.py) and GLFC (conditionWang/FCIL, src/GLFC.py):
+# soft_label_targets, soft_label_loss_all_pixels, soft_label_binary_cross_entropy,
+# mean_weight_per_class and class_relation_loss_all_classes. sharpening_loss serves both.
 
 def soft_label_loss(logits, labels, teacher_logits):
-  """Soft-label cross-entropy (FISS form).
+  """First reconstruction: soft-label cross-entropy with void pixels zeroed.
 
   Per pixel, ``v = one_hot(y)`` over K channels with its first K_old entries replaced by
   ``sigmoid(z_old)``; the soft label is ``softmax(v)``; the loss is
@@ -178,7 +185,7 @@ def sharpening_loss(logits):
 
 
 def class_relation_loss(logits, labels, teacher_logits, class_weights):
-  """Class relation consistency (L1), over the old classes c < K_old.
+  """First reconstruction: class relation consistency (L1), over the old classes c < K_old.
 
   Student: ``a_c`` = mean of ``max_k p_k`` over the pixels the student predicts as c.
   Teacher: ``b_c`` = mean of the teacher's ``max_k q_k`` over the pixels (pseudo-)labelled c.
@@ -212,3 +219,87 @@ def temperature_distillation(logits, teacher_logits, soft_temperature, sharp_tem
   return (unbiased_distillation(logits / soft_temperature, teacher_logits / soft_temperature)
           + unbiased_distillation(logits / sharp_temperature,
                                   teacher_logits / sharp_temperature))
+
+
+# --- GSC, second reconstruction (docs/algorithm.md 5.2) ---------------------------------------
+
+def soft_label_targets(labels, teacher_logits, num_classes: int):
+  """The soft-label target v [B, H, W, K] of RDP / FISS / GLFC, for every pixel.
+
+  ``v_i = [sigmoid(z_old_i) on the K_old old channels, one_hot(y_i) on the N new channels]``;
+  the new part is all zero when ``y_i`` is an old class, background or 255. (The released
+  codes build one_hot(y) over K channels and overwrite its first K_old entries.)
+  """
+  num_old_classes = teacher_logits.shape[-1]
+  return one_hot_targets(labels, num_classes).at[..., :num_old_classes].set(
+      jax.nn.sigmoid(teacher_logits.astype(jnp.float32)))
+
+
+def soft_label_loss_all_pixels(logits, labels, teacher_logits):
+  """RDP's soft labels (docs/algorithm.md 5.2): cross-entropy to ``softmax(v)``.
+
+  With v from ``soft_label_targets``, per pixel
+  ``loss_i = -(1/K) sum_c softmax(v_i)_c log softmax(z_i)_c``; mean over ALL B*H*W pixels,
+  void INCLUDED (a pixel labelled 255 still has its teacher part in v), as RDP's and
+  FISS's released code (``BCEWithLogitsLossWithIgnoreIndexSoftLabel`` then ``.mean()``).
+  """
+  targets = soft_label_targets(labels, teacher_logits, logits.shape[-1])
+  soft_labels = jax.nn.softmax(targets, axis=-1)
+  return jnp.mean(-jnp.mean(soft_labels * jax.nn.log_softmax(logits, axis=-1), axis=-1))
+
+
+def soft_label_binary_cross_entropy(logits, labels, teacher_logits):
+  """GLFC / HFC's soft labels (docs/algorithm.md 5.2): per-channel binary cross-entropy to v.
+
+  With v from ``soft_label_targets`` (no softmax), per pixel
+  ``loss_i = -(1/K) sum_c [v_ic log sigmoid(z_ic) + (1 - v_ic) log(1 - sigmoid(z_ic))]``;
+  mean over ALL pixels, void included (GLFC's
+  ``F.binary_cross_entropy_with_logits(output, distill_target)``, mean reduction).
+  ``log(1 - sigmoid(z)) = log_sigmoid(-z)`` keeps it finite for large |z|.
+  """
+  targets = soft_label_targets(labels, teacher_logits, logits.shape[-1])
+  per_channel = (targets * jax.nn.log_sigmoid(logits)
+                 + (1.0 - targets) * jax.nn.log_sigmoid(-logits))
+  return -jnp.mean(per_channel)
+
+
+def mean_weight_per_class(labels, pixel_weights, num_classes: int):
+  """``wbar_c`` [K] = mean of ``pixel_weights`` [B, H, W] over the pixels labelled c, 0 where
+  no pixel is labelled c (FISS's ``efficient_dis_old_class_weight``). Over the whole batch;
+  void pixels count for no class. Pass all-ones weights when there is no compensation."""
+  one_hot = one_hot_targets(labels, num_classes)
+  counts = jnp.sum(one_hot, axis=(0, 1, 2))
+  sums = jnp.sum(one_hot * pixel_weights[..., None], axis=(0, 1, 2))
+  return jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), 0.0)
+
+
+def class_relation_loss_all_classes(logits, labels, teacher_logits, class_weights):
+  """FISS's class-relation consistency (docs/algorithm.md 5.2), over ALL K classes.
+
+  ``loss = (1/K) sum_c |wbar_c a_c - wbar_c b_c|`` (FISS: ``L1Loss`` mean of
+  ``w1 * new_cls_aver`` against ``w1 * old_cls_aver``), where, over the whole batch,
+  - ``a_c`` = mean of the student's ``max_k softmax(z)_k`` over the pixels it predicts as c
+    (argmax under stop_gradient; every pixel, void included, has a prediction);
+  - ``b_c`` = mean of the teacher's ``max_k softmax(z_old)_k`` (K_old channels) over the
+    pixels labelled c;
+  - ``wbar_c`` = ``class_weights`` [K] (``mean_weight_per_class``), held constant.
+  Each of a_c, b_c is 0 where no pixel defines it. The caller applies FISS's 0.5.
+  """
+  num_classes = logits.shape[-1]
+  classes = jnp.arange(num_classes)
+  student_confidence = jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
+  predicted = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
+  teacher_confidence = jax.lax.stop_gradient(
+      jnp.max(jax.nn.softmax(teacher_logits, axis=-1), axis=-1))
+
+  def class_means(members, values):
+    """Per class c, the mean of ``values`` where ``members == c``; 0 for an empty class."""
+    one_hot = (members[..., None] == classes).astype(jnp.float32)  # [B, H, W, K]
+    counts = jnp.sum(one_hot, axis=(0, 1, 2))
+    return jnp.sum(one_hot * values[..., None], axis=(0, 1, 2)) / jnp.maximum(counts, 1.0)
+
+  # 255 never equals a class index, so void pixels define no b_c.
+  student_means = class_means(predicted, student_confidence)
+  teacher_means = class_means(labels, teacher_confidence)
+  weights = jax.lax.stop_gradient(class_weights)
+  return jnp.mean(jnp.abs(weights * student_means - weights * teacher_means))

@@ -138,7 +138,8 @@ def _format_value(value) -> str:
 
 
 def write_results_csv(path: str, task: tasks.Task, step_summaries: list[dict]) -> None:
-  """One row per step: step, all, old, new, then the IoU of every class id.
+  """One row per step: step, all, old, new, the IoU of every class id, and the evaluation
+  protocol in words (``evaluation_protocol``).
 
   Floats have 4 decimals (fractions, not percent); "x" marks a class not seen yet at that
   step; an empty cell is a value that does not exist (a seen class without ground-truth
@@ -148,13 +149,15 @@ def write_results_csv(path: str, task: tasks.Task, step_summaries: list[dict]) -
   class_ids = list(range(task.num_classes))
   with open(path, "w", newline="") as file:
     writer = csv.writer(file)
-    writer.writerow(["step", "all", "old", "new"] + [str(c) for c in class_ids])
+    writer.writerow(["step", "all", "old", "new"] + [str(c) for c in class_ids]
+                    + ["evaluation"])
     for summary in step_summaries:
       seen = set(tasks.classes_seen(task, summary["step"]))
       per_class = [_format_value(_class_iou_of(summary, c)) if c in seen else "x"
                    for c in class_ids]
       writer.writerow([summary["step"]] + [_format_value(summary.get(key))
-                                           for key in ("all", "old", "new")] + per_class)
+                                           for key in ("all", "old", "new")] + per_class
+                      + [summary.get("evaluation", "")])
 
 
 def evaluation_protocol(data_config) -> str:
@@ -165,7 +168,9 @@ def evaluation_protocol(data_config) -> str:
   else:
     preprocessing = f"full image (padded to {data_config.eval_size}, padding ignored)"
   class_0 = "class 0 ignored" if data_config.eval_ignore_background else "class 0 scored"
-  return f"{preprocessing}; {class_0}"
+  unseen = ("classes not seen yet scored as background" if data_config.eval_unseen ==
+            "background" else "classes not seen yet ignored")
+  return f"{preprocessing}; {class_0}; {unseen}"
 
 
 def average_over_steps(step_summaries: list[dict]) -> float | None:

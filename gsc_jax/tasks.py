@@ -348,18 +348,23 @@ def train_label_lut(task: Task, step: int, void_to_background: bool) -> np.ndarr
   return lut
 
 
-def test_label_lut(task: Task, step: int, ignore_background: bool = False) -> np.ndarray:
+def test_label_lut(task: Task, step: int, ignore_background: bool = False,
+                   unseen_as_background: bool = False) -> np.ndarray:
   """uint8[256]: raw label value -> evaluation target channel at ``step``.
 
   Every class seen so far (steps 0..step) -> its channel; classes not seen yet -> 255
-  (ignored); 255 -> 255. ``ignore_background`` also ignores class 0 (MiB's ADE evaluation;
-  PLOP scores ADE class 0 as a class, the default).
+  (ignored, MiB's protocol) or, with ``unseen_as_background``, 0 (PLOP's code, whose
+  per-step numbers were measured so); 255 -> 255. ``ignore_background`` also ignores class
+  0 (MiB's ADE evaluation; PLOP scores ADE class 0 as a class, the default), and then the
+  unseen classes mapped to it too.
   """
   lut = np.full(LUT_SIZE, IGNORE_LABEL, dtype=np.uint8)
+  if unseen_as_background:
+    lut[:task.num_classes] = BACKGROUND
   for class_id, channel in _channel_of(task, step).items():
     lut[class_id] = channel
   if ignore_background:
-    lut[BACKGROUND] = IGNORE_LABEL
+    lut[lut == BACKGROUND] = IGNORE_LABEL
   return lut
 
 

@@ -47,6 +47,7 @@ from gsc_jax.models import step_model
 from gsc_jax.reporting import append_jsonl, format_duration, log
 
 NUM_PICTURE_IMAGES = 4  # test images drawn at the end of every step
+PASS_SEED_OFFSET = 500  # augmented passes draw other crops than the step's training
 
 
 @dataclasses.dataclass
@@ -103,13 +104,24 @@ class StopSignals:
 
 # --- one incremental step ------------------------------------------------------------------
 
-def step_pass_batches(run: Run, step: int):
-  """One deterministic pass over step ``step``'s training images with its train labels
-  (evaluation preprocessing, padded with ignored images), as global batches."""
-  label_lut = tasks.train_label_lut(run.task, step, run.config.data.void_to_background)
-  dataset, num_batches = pipeline.eval_dataset(
-      run.config, run.train_source, run.step_lists.train(step), label_lut,
-      jax.process_index(), jax.process_count())
+def step_pass_batches(run: Run, step: int, augmented: bool = False):
+  """One deterministic pass over step ``step``'s training images with its train labels, as
+  global batches: every image once with evaluation preprocessing (padded with ignored
+  images), or, ``augmented``, one epoch of training batches (random crops and flips from a
+  seed of their own, the last partial batch dropped)."""
+  config = run.config
+  indices = run.step_lists.train(step)
+  label_lut = tasks.train_label_lut(run.task, step, config.data.void_to_background)
+  if augmented:
+    dataset = pipeline.train_dataset(config, run.train_source, indices, label_lut,
+                                     seed=config.seed * 1000 + step + PASS_SEED_OFFSET,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+    num_batches = len(indices) // config.optim.batch_size
+  else:
+    dataset, num_batches = pipeline.eval_dataset(
+        config, run.train_source, indices, label_lut, jax.process_index(),
+        jax.process_count())
   return mesh_lib.global_batches(dataset, num_batches, run.mesh)
 
 
@@ -130,6 +142,16 @@ def check_finite(scalars, step: int, iteration: int, last_good: int | None) -> N
       "data, then run again (it resumes from the last good checkpoint).")
 
 
+MAX_SHOWN_VALUES = 12  # longer per-group vectors go to log.jsonl only
+
+
+def _short(value) -> str:
+  """A scalar with 4 decimals; a per-group vector as ``[a b c]`` with 2."""
+  if np.ndim(value) == 0:
+    return f"{value:.4f}"
+  return "[" + " ".join(f"{v:.2f}" for v in np.ravel(value)) + "]"
+
+
 def report_progress(run: Run, step, iteration, max_iterations, scalars, schedule,
                     seconds_per_iteration) -> None:
   values = {name: np.asarray(value).tolist() for name, value in
@@ -137,8 +159,8 @@ def report_progress(run: Run, step, iteration, max_iterations, scalars, schedule
   images_per_second = run.config.optim.batch_size / seconds_per_iteration
   eta = seconds_per_iteration * (max_iterations - iteration)
   lr = float(schedule(iteration - 1))
-  terms = " ".join(f"{name} {value:.4f}" for name, value in values.items()
-                   if name != "loss" and np.ndim(value) == 0)
+  terms = " ".join(f"{name} {_short(value)}" for name, value in values.items()
+                   if name != "loss" and np.size(value) <= MAX_SHOWN_VALUES)
   log(f"step {step} it {iteration}/{max_iterations} loss {values['loss']:.4f} ({terms}) "
       f"lr {lr:.5f} {images_per_second:.1f} img/s ETA {format_duration(eta)}")
   append_jsonl(run.workdir, {"step": step, "iteration": iteration, "lr": lr,
@@ -176,10 +198,11 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
   if method.before_step:
     frozen.update(mesh_lib.replicate(passes.before_step(
         method, run.workdir, step, frozen.get("teacher"), frozen,
-        lambda: step_pass_batches(run, step), log), run.mesh))
+        lambda augmented: step_pass_batches(run, step, augmented), log), run.mesh))
 
   optimizer, schedule = train_step_lib.make_optimizer(config.optim, base_lr, max_iterations)
-  train_step = jax.jit(train_step_lib.make_train_step(model, teacher_model, method, optimizer),
+  train_step = jax.jit(train_step_lib.make_train_step(
+      model, teacher_model, method, optimizer, len(indices) // config.optim.batch_size),
                        donate_argnums=(0,))
 
   def create_state(variables):
@@ -243,10 +266,16 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
     manager.wait_until_finished()  # a checkpoint being written is completed on every exit
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   passes.after_step(method, run.workdir, step, variables, frozen,
-                    lambda: step_pass_batches(run, step), log)
+                    lambda augmented: step_pass_batches(run, step, augmented), log)
   checkpoint.save_export(run.workdir, step, variables,
                          step_model.export_meta(config, run.task, step))
   return model, variables
+
+
+def test_label_lut(run: Run, step: int):
+  data = run.config.data
+  return tasks.test_label_lut(run.task, step, data.eval_ignore_background,
+                              unseen_as_background=data.eval_unseen == "background")
 
 
 def evaluate_step(run: Run, facts: tasks.StepFacts, model, variables) -> dict:
@@ -254,7 +283,7 @@ def evaluate_step(run: Run, facts: tasks.StepFacts, model, variables) -> dict:
   the summary."""
   step = facts.step
   indices = run.step_lists.test(step)
-  label_lut = tasks.test_label_lut(run.task, step, run.config.data.eval_ignore_background)
+  label_lut = test_label_lut(run, step)
   dataset, num_batches = pipeline.eval_dataset(
       run.config, run.val_source, indices, label_lut, jax.process_index(),
       jax.process_count())
@@ -286,7 +315,7 @@ def draw_predictions(run: Run, facts: tasks.StepFacts, eval_step, variables) -> 
   indices = run.step_lists.test(last_step)[:NUM_PICTURE_IMAGES]
   if len(indices) == 0:
     return
-  label_lut = tasks.test_label_lut(run.task, facts.step, run.config.data.eval_ignore_background)
+  label_lut = test_label_lut(run, facts.step)
   dataset, _ = pipeline.eval_dataset(run.config, run.val_source, indices, label_lut,
                                      jax.process_index(), jax.process_count())
   batch = mesh_lib.to_global_batch(next(iter(dataset)), run.mesh)

@@ -1,6 +1,6 @@
 """The train step of one incremental step: a pure function, generic over the method.
 
-``make_train_step(model, teacher_model, method, optimizer)`` returns
+``make_train_step(model, teacher_model, method, optimizer, iterations_per_epoch)`` returns
 ``train_step(state, frozen, batch) -> (state, scalars)`` (docs/gsc_step.md walks through
 one GSC iteration):
 
@@ -55,7 +55,7 @@ def checked_names(scalars: dict) -> list[str]:
   return sorted(name for name in scalars if name != "finite")
 
 
-def make_loss_gradients(model, teacher_model, method: base.Method):
+def make_loss_gradients(model, teacher_model, method: base.Method, iterations_per_epoch: int):
   """``loss_gradients(state, frozen, batch) -> (param_gradients, batch_stats,
   transform_state, scalars)``: steps 1-5 of the module docstring without the update.
   ``teacher_model`` is None at step 0."""
@@ -66,7 +66,8 @@ def make_loss_gradients(model, teacher_model, method: base.Method):
     if teacher_model is not None:
       teacher_outputs = jax.lax.stop_gradient(
           teacher_model.apply(frozen["teacher"], images, train=False))
-    targets, nu = method.training_targets(labels, teacher_outputs, frozen)
+    epoch = state["iteration"] // iterations_per_epoch
+    targets, nu = method.training_targets(labels, teacher_outputs, frozen, epoch)
 
     def forward(params):
       outputs, updated = model.apply(
@@ -101,9 +102,11 @@ def make_loss_gradients(model, teacher_model, method: base.Method):
   return loss_gradients
 
 
-def make_train_step(model, teacher_model, method: base.Method, optimizer):
-  """The pure train step (module docstring). ``teacher_model`` is None at step 0."""
-  loss_gradients = make_loss_gradients(model, teacher_model, method)
+def make_train_step(model, teacher_model, method: base.Method, optimizer,
+                    iterations_per_epoch: int):
+  """The pure train step (module docstring). ``teacher_model`` is None at step 0;
+  ``iterations_per_epoch`` gives the epoch the method's targets may depend on."""
+  loss_gradients = make_loss_gradients(model, teacher_model, method, iterations_per_epoch)
 
   def train_step(state, frozen, batch):
     param_gradients, batch_stats, transform_state, scalars = loss_gradients(

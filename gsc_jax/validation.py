@@ -10,10 +10,13 @@ preset is resolved (gsc_jax/methods/__init__.py: a switch the method does not re
 import dataclasses
 import math
 
+from gsc_jax import compensation
 from gsc_jax import errors
 from gsc_jax import methods
+from gsc_jax import pseudo_labels
 from gsc_jax import tasks
 from gsc_jax.data import pipeline
+from gsc_jax.methods import gsc as gsc_method
 from gsc_jax.models import incremental
 from gsc_jax.models import resnet
 
@@ -115,6 +118,7 @@ FIELDS = {
     "data.eval_mode": Choice(("center_crop", "full")),
     "data.eval_size": POSITIVE_INTEGER,
     "data.eval_ignore_background": Flag(),
+    "data.eval_unseen": Choice(("ignore", "background")),
     "data.eval_batch_size": POSITIVE_INTEGER,
     "data.num_threads": POSITIVE_INTEGER,
     "data.prefetch_batches": Number(int, minimum=0),
@@ -147,24 +151,31 @@ FIELDS = {
     "pseudo.thresholds": Choice(("histogram", "median")),
     "pseudo.threshold_floor": FRACTION,
     "pseudo.adaptive_factor": Flag(),
+    "pseudo.quantile_start": Number(float, above=0.0, maximum=1.0),
+    "pseudo.quantile_per_epoch": NON_NEGATIVE,
+    "pseudo.quantile_max": Number(float, above=0.0, maximum=1.0),
     "gsc.compensation": Flag(),
-    "gsc.groups": Choice(("step", "cumulative", "class")),
+    "gsc.groups": Choice(compensation.GROUPINGS),
+    "gsc.magnitude": Choice(compensation.MAGNITUDES),
     "gsc.use_exponent": Flag(),
-    "gsc.magnitude": Choice(("softmax", "sigmoid")),
+    "gsc.bound": Flag(),
     "gsc.ema_decay": Number(float, minimum=0.0, below=1.0),
     "gsc.relation": Flag(),
     "gsc.relation_form": Choice(("soft_sharp", "temperature")),
+    "gsc.soft_label_form": Choice(lambda: tuple(gsc_method.SOFT_LABEL_LOSSES)),
     "gsc.soft_label_weight": NON_NEGATIVE,
     "gsc.sharpening_weight": NON_NEGATIVE,
-    "gsc.relation_weight": NON_NEGATIVE,
+    "gsc.class_relation": Choice(("off", "fiss", "first")),
+    "gsc.class_relation_weight": NON_NEGATIVE,
     "gsc.temperature_kd_weight": NON_NEGATIVE,
     "gsc.soft_temperature": Number(float, above=0.0),
     "gsc.sharp_temperature": Number(float, above=0.0),
     "gsc.prototypes": Flag(),
-    "gsc.similarity": Choice(("cosine", "euclidean")),
+    "gsc.prototype_source": Choice(("teacher", "previous_model")),
+    "gsc.similarity": Choice(pseudo_labels.SIMILARITIES),
     "gsc.tau": Number(float, above=0.0),
+    "gsc.relabel": Choice(("filter_then_relabel", "rdp", "first")),
     "gsc.theta": FRACTION,
-    "gsc.relabel_with_entropy": Flag(),
 }
 
 
@@ -178,6 +189,10 @@ def _cross_field_problems(config) -> list[str]:
   if data.crop_ratio_min > data.crop_ratio_max:
     problems.append(f"data.crop_ratio_min={data.crop_ratio_min} is above "
                     f"data.crop_ratio_max={data.crop_ratio_max}")
+  pseudo = config.pseudo
+  if pseudo.quantile_start > pseudo.quantile_max:
+    problems.append(f"pseudo.quantile_start={pseudo.quantile_start} is above "
+                    f"pseudo.quantile_max={pseudo.quantile_max}")
   if config.last_step != -1 and config.first_step > config.last_step:
     problems.append(f"first_step={config.first_step} is after last_step={config.last_step}")
   if data.source == "tfds" and config.dataset != "synthetic" and not data.tfds_dir:

@@ -66,3 +66,35 @@ def test_mean_step_summaries_and_method_plot(tmp_path):
   assert [os.path.basename(p) for p in paths] == ["15_1.png"]  # offline: no result yet
   with Image.open(paths[0]) as image:
     assert image.size[0] > 100 and image.size[1] > 100
+
+
+def test_ordering_verdict_per_seed():
+  module = types.SimpleNamespace(**vars(MODULE), ORDERING=("15-1", ("FT", "GSC w/o prototypes")))
+  final = lambda all_: ({"all": all_}, 1.0)
+  results = {("15-1", "FT", 0): final(0.1), ("15-1", "GSC w/o prototypes", 0): final(0.3),
+             ("15-1", "FT", 1): final(0.4), ("15-1", "GSC w/o prototypes", 1): final(0.2)}
+  verdict = benchmark.ordering_verdict(module, results, [0, 1, 2])
+  assert "- seed 0: holds (FT 10.0, GSC w/o prototypes 30.0)" in verdict
+  assert "- seed 1: inverted: FT >= GSC w/o prototypes (FT 40.0" in verdict
+  assert "- seed 2: not every run has finished" in verdict
+  assert benchmark.ordering_verdict(MODULE, results, [0]) == ""  # no ORDERING: no line
+
+
+def test_diagnostics_from_log(tmp_path):
+  """Means over the incremental steps' progress records (step 0 and evaluations skipped)."""
+  import json
+  run_dir = tmp_path / "gsc"
+  run_dir.mkdir()
+  records = [{"step": 0, "iteration": 1, "loss": 1.0},
+             {"step": 1, "iteration": 1, "loss": 1.0, "nu": 0.4, "weight_mean": [1.0, 1.0],
+              "weight_max": [3.0, 1.0], "gradient_share": [0.7, 0.3]},
+             {"step": 2, "iteration": 1, "loss": 1.0, "nu": 0.6,
+              "weight_mean": [1.0, 2.0, 1.0], "weight_max": [5.0, 2.0, 1.0],
+              "gradient_share": [0.5, 0.4, 0.1]},
+             {"step": 2, "eval": {"all": 0.5}}]
+  (run_dir / "log.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+  found = benchmark.run_diagnostics(str(run_dir / "log.jsonl"))
+  assert found == pytest.approx({"nu": 0.5, "old_weight_mean": 1.25, "weight_max": 5.0,
+                                 "new_gradient_share": 0.2})
+  markdown = benchmark.diagnostics_table(MODULE, {("15-1", "FT", 0): str(run_dir)}, [0])
+  assert "| FT | 0.50 | 1.25 | 5.00 | 0.20 |" in markdown

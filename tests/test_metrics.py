@@ -109,10 +109,10 @@ def test_results_csv(tmp_path):
   path = tmp_path / "out" / "results.csv"
   metrics.write_results_csv(str(path), task, summaries)
   rows = list(csv.reader(open(path)))
-  assert rows[0] == ["step", "all", "old", "new", "0", "1", "2", "3", "4"]
+  assert rows[0] == ["step", "all", "old", "new", "0", "1", "2", "3", "4", "evaluation"]
   assert rows[1][:4] == ["0", "0.6000", "0.6000", ""]
   assert rows[2][:5] == ["1", "0.6333", "0.7000", "0.5000", "0.8000"]
-  assert rows[1][7:] == ["x", "x"]   # classes 3 and 4 unseen at step 0
+  assert rows[1][7:9] == ["x", "x"]  # classes 3 and 4 unseen at step 0
   assert rows[2][6] == ""            # class 2 seen but without ground truth
   assert rows[2][8] == "x"
   assert "x" not in rows[3]
@@ -150,3 +150,15 @@ def test_format_table():
   assert lines[4].split() == ["2", "44.0", "50.0", "35.0", "50.0", "50.0", "20.0"]
   avg = 100 * np.mean([s["all"] for s in summaries])
   assert lines[-1].split() == ["avg", f"{avg:.1f}"]
+
+
+def test_evaluation_protocol_states_every_switch():
+  import ml_collections
+  data = ml_collections.ConfigDict({"eval_mode": "center_crop", "eval_size": 512,
+                                    "eval_ignore_background": False, "eval_unseen": "ignore"})
+  assert metrics.evaluation_protocol(data) == (
+      "shorter side resized to 512, centre crop 512x512; class 0 scored; "
+      "classes not seen yet ignored")
+  data.eval_unseen, data.eval_ignore_background = "background", True
+  assert metrics.evaluation_protocol(data).endswith(
+      "class 0 ignored; classes not seen yet scored as background")

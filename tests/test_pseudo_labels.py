@@ -28,24 +28,30 @@ def _entropy_reference(teacher_logits, num_classes):
   return -np.mean(q * np.log(q + 1e-8), axis=-1) / np.log(num_old) / np.log(num_classes)
 
 
-def _find_median_reference(histograms, floor):
-  """PLOP's released find_median, quirk included: the running sum adds the bin INDEX."""
-  bins = histograms.shape[1]
+def _find_median_reference(histograms, floor, portion=0.5):
+  """PLOP's released find_median (FISS's with ``portion``), transcribed line by line, with
+  PyTorch's float32 arithmetic written out as np.float32."""
+  nb_bins = histograms.shape[1]
   out = []
   for hist in histograms:
     total = hist.sum()
     if total <= 0:
-      out.append(floor)
+      out.append(max(0.0, floor))
       continue
-    half, running = total / 2, 0
-    for b in range(bins):
-      if running <= half <= running + hist[b]:
+    half = np.float32(total) * np.float32(portion)
+    running_sum = 0.
+    for lower_border in range(nb_bins):
+      lower_border = lower_border / nb_bins
+      bin_index = int(lower_border * nb_bins)
+      if (half >= np.float32(running_sum)
+          and half <= np.float32(running_sum) + np.float32(hist[bin_index])):
         break
-      running += b  # sic
+      running_sum += lower_border * nb_bins
     with np.errstate(divide="ignore", invalid="ignore"):  # PLOP divides by 0 too
-      threshold = b / bins + np.float64(half - running) / hist[b] / bins
-    out.append(max(threshold, floor))  # -inf (scanned past the half, empty bin) -> floor
-  return np.array(out)
+      median = np.float32(lower_border) + ((half - np.float32(running_sum))
+                                           / np.float32(hist[bin_index])) * np.float32(1 / nb_bins)
+    out.append(max(median, floor))  # Python's max: NaN stays, -inf -> floor
+  return np.array(out, np.float32)
 
 
 def _nearest_reference(labels, height, width):
@@ -73,6 +79,8 @@ def _relabel_reference(labels, teacher_logits, features, prototypes, seen, tau, 
       p = np.asarray(prototypes[c], np.float64)
       if similarity == "cosine":
         sims[c] = f @ p / (np.linalg.norm(f) * np.linalg.norm(p))
+      elif similarity == "euclidean":
+        sims[c] = -np.sqrt(np.sum((f - p) ** 2))
       else:
         sims[c] = -np.sum((f - p) ** 2)
     kappa = np.exp((sims - sims.max()) / tau)
@@ -153,14 +161,41 @@ def test_histogram_thresholds_random_histograms_match_reference():
                              rtol=1e-5)
 
 
-def test_histogram_thresholds_stop_on_empty_bin_gives_lower_edge():
-  """Documented deviation: the scan stops on an EMPTY bin (half == running sum exactly;
-  PLOP's 0 / 0 would be NaN): total 2 in bin 5, half 1, running 0, 0, 1 -> stops at bin 2,
-  threshold = its lower edge 0.02."""
+def test_histogram_thresholds_stop_on_empty_bin_gives_nan():
+  """As released: the scan stops on an EMPTY bin (half == running sum exactly): total 2 in
+  bin 5, half 1, running 0, 0, 1 -> stops at bin 2, 0 / 0 = NaN, kept by max(NaN, floor)."""
   histogram = np.zeros((1, 100))
   histogram[0, 5] = 2
-  np.testing.assert_allclose(pseudo_labels.histogram_thresholds(histogram, 0.001), [0.02],
-                             rtol=1e-6)
+  assert np.isnan(_find_median_reference(histogram, 0.001)[0])
+  assert np.isnan(pseudo_labels.histogram_thresholds(histogram, 0.001)[0])
+
+
+def test_histogram_thresholds_scan_index_29_reads_bin_28():
+  """int(29 / 100 * 100) = 28: 20 counts in bin 28 and 800 in bin 90, half 410. At scan
+  index 28 the running sum is 378 (378 + 20 < 410); at index 29 it is 406 and bin 28 is
+  read again: 406 <= 410 <= 426 stops there, threshold 0.29 + (410 - 406) / 20 / 100."""
+  histogram = np.zeros((1, 100))
+  histogram[0, 28], histogram[0, 90] = 20, 800
+  got = pseudo_labels.histogram_thresholds(histogram, 0.001)
+  # float32 throughout, as in PyTorch: a few float32 ulps (about 1e-7 relative).
+  np.testing.assert_allclose(got, [0.292], rtol=1e-6)
+  np.testing.assert_allclose(got, _find_median_reference(histogram, 0.001), rtol=1e-6)
+
+
+def test_histogram_thresholds_quantile_matches_reference():
+  """FISS's rising quantile replaces the half-count: every quantile of its schedule on random
+  histograms, against the line-by-line transcription (NaN where the reference is NaN)."""
+  rng = np.random.default_rng(4)
+  histograms = rng.integers(0, 30, size=(8, 100)).astype(np.float64)
+  histograms[:, 20:] *= rng.integers(0, 2, size=(8, 80))  # sparse tails
+  for epoch in range(8):
+    quantile = pseudo_labels.quantile_of_epoch(epoch, 0.2, 0.1, 0.8)
+    expected = _find_median_reference(histograms, 0.001, quantile)
+    np.testing.assert_allclose(
+        pseudo_labels.histogram_thresholds(histograms, 0.001, quantile), expected,
+        rtol=1e-6, equal_nan=True)  # same float32 operations: equal up to float32 ulps
+  assert [pseudo_labels.quantile_of_epoch(e, 0.2, 0.1, 0.8) for e in (0, 3, 6, 9)] == \
+      pytest.approx([0.2, 0.5, 0.8, 0.8])
 
 
 def test_histogram_thresholds_scan_past_half_on_empty_last_bin_gives_floor():
@@ -173,6 +208,16 @@ def test_histogram_thresholds_scan_past_half_on_empty_last_bin_gives_floor():
   assert _find_median_reference(histogram, 0.001)[0] == 0.001
   np.testing.assert_allclose(pseudo_labels.histogram_thresholds(histogram, 0.001), [0.001],
                              rtol=1e-6)
+
+
+def test_histogram_thresholds_large_spread_class_is_infinite():
+  """A large class whose counts are spread over bins 0-2 (570,000 pixels, half 285,000, no
+  bin reaching it): the scan never stops, ends at bin 99 (empty) with a running sum of
+  4950 < half, and the threshold is (half - 4950) / 0 = +inf: every pixel is accepted."""
+  histogram = np.zeros((1, 100))
+  histogram[0, :3] = [280000, 250000, 40000]
+  assert np.isposinf(_find_median_reference(histogram, 0.001)[0])
+  assert np.isposinf(pseudo_labels.histogram_thresholds(histogram, 0.001)[0])
 
 
 def test_median_thresholds_per_argmax_class():
@@ -273,6 +318,19 @@ def test_entropy_pseudo_labels_uses_the_argmax_class_threshold():
   np.testing.assert_allclose(np.asarray(nu),
                              ok.sum(axis=(1, 2)) / (background.sum(axis=(1, 2)) + 1e-6),
                              rtol=1e-5)
+
+
+def test_entropy_pseudo_labels_nan_threshold_rejects_the_whole_class():
+  """A NaN threshold (PLOP's scan stopping on an empty bin) rejects every background pixel
+  whose teacher argmax is that class, however confident; other classes are unaffected."""
+  logits = np.zeros((1, 1, 2, 3), np.float32)
+  logits[0, 0, 0] = [0.0, 30.0, 0.0]  # entropy about 0: accepted by any positive threshold
+  logits[0, 0, 1] = [0.0, 0.0, 30.0]
+  thresholds = jnp.array([0.5, np.nan, 0.5], jnp.float32)
+  new, nu, _ = pseudo_labels.entropy_pseudo_labels(np.zeros((1, 1, 2), int), logits,
+                                                   thresholds, 4)
+  np.testing.assert_array_equal(np.asarray(new), [[[255, 2]]])
+  np.testing.assert_allclose(np.asarray(nu), [0.5], rtol=1e-5)  # 1 of 2 (+1e-6)
 
 
 # --- prototypes --------------------------------------------------------------------------------------
@@ -411,7 +469,7 @@ def test_prototype_relabel_unseen_class_is_never_chosen():
   np.testing.assert_array_equal(np.asarray(new), np.argmax(logits, -1))
 
 
-@pytest.mark.parametrize("similarity", ["cosine", "euclidean"])
+@pytest.mark.parametrize("similarity", ["cosine", "euclidean", "squared_euclidean"])
 def test_prototype_relabel_random_matches_reference(similarity):
   """Random logits, features and prototypes at label resolution: the loop reference."""
   rng = np.random.default_rng(8)
@@ -420,7 +478,7 @@ def test_prototype_relabel_random_matches_reference(similarity):
   prototypes = rng.normal(size=(4, 5)).astype(np.float32)
   seen = np.array([True, True, False, True])
   labels = rng.choice([0, 0, 0, 4, 255], size=(2, 4, 4))
-  tau = 0.5 if similarity == "cosine" else 5.0
+  tau = {"cosine": 0.5, "euclidean": 1.0, "squared_euclidean": 5.0}[similarity]
   new, accepted = pseudo_labels.prototype_relabel(labels, logits, features, prototypes, seen,
                                                   tau, 0.4, similarity)
   expected = _relabel_reference(labels, logits, features, prototypes, seen, tau, 0.4,
@@ -431,10 +489,14 @@ def test_prototype_relabel_random_matches_reference(similarity):
 
 
 def test_prototype_similarity_euclidean_and_unknown():
-  """Euclidean: minus the squared distance; an unknown name raises ValueError."""
+  """Euclidean: minus the plain distance; squared_euclidean (the first reconstruction's
+  euclidean): minus the squared distance; an unknown name raises ValueError."""
   features = np.array([[[[1.0, 2.0]]]], np.float32)
   prototypes = np.array([[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]], np.float32)
   got = np.asarray(pseudo_labels.prototype_similarity(features, prototypes, "euclidean"))
+  np.testing.assert_allclose(got[0, 0, 0], [0.0, -np.sqrt(5.0), -np.sqrt(13.0)], rtol=1e-6)
+  got = np.asarray(pseudo_labels.prototype_similarity(features, prototypes,
+                                                      "squared_euclidean"))
   np.testing.assert_allclose(got[0, 0, 0], [0.0, -5.0, -13.0])
   with pytest.raises(ValueError, match="similarity"):
     pseudo_labels.prototype_similarity(features, prototypes, "manhattan")
@@ -465,8 +527,10 @@ def test_prototype_relabel_low_resolution_features():
 
 # --- the GSC / PLOP training targets --------------------------------------------------------------------
 
-def _config(**changes):
+def _config(first_reconstruction=False, **changes):
   config = synthetic.get_config("2-1,method=gsc")  # step 1: K_old = 3, K = 4
+  if first_reconstruction:
+    changes = {**gsc.FIRST_RECONSTRUCTION, **changes}
   for path, value in changes.items():
     section, field = path.split(".")
     config[section][field] = value
@@ -478,7 +542,8 @@ def _targets(config, labels, teacher_outputs, frozen):
   """The gsc method's training targets at step 1 of the config's task."""
   facts = tasks.step_facts(tasks.task_of(config), 1)
   assert (facts.num_old_classes, facts.num_classes) == (3, 4)
-  return gsc.training_targets_of(config, facts)(jnp.asarray(labels), teacher_outputs, frozen)
+  return gsc.training_targets_of(config, facts)(jnp.asarray(labels), teacher_outputs, frozen,
+                                                jnp.int32(0))
 
 
 def _targets_case():
@@ -515,7 +580,7 @@ def _targets_case():
   features[1] = e[1]
   labels = np.array([[[0, 0, 0, 0], [0, 3, 255, 3]], [[3, 3, 255, 3], [3, 255, 3, 3]]])
   teacher_outputs = {"logits": jnp.asarray(logits), "head": jnp.asarray(features)}
-  frozen = {"thresholds": jnp.full(3, 0.05), "prototypes": jnp.asarray(e[:3]),
+  frozen = {"thresholds": jnp.full((1, 3), 0.05), "prototypes": jnp.asarray(e[:3]),
             "prototype_seen": jnp.ones(3, bool)}
   return labels, teacher_outputs, frozen
 
@@ -541,7 +606,7 @@ def test_training_targets_case_preconditions():
 def test_training_targets_without_teacher():
   """No teacher (step 0, every method): the labels unchanged and nu = 1."""
   labels, _, frozen = _targets_case()
-  targets, nu = base.images_labels_as_targets(jnp.asarray(labels), None, frozen)
+  targets, nu = base.images_labels_as_targets(jnp.asarray(labels), None, frozen, 0)
   np.testing.assert_array_equal(np.asarray(targets), labels)
   np.testing.assert_array_equal(np.asarray(nu), [1.0, 1.0])
 
@@ -569,34 +634,52 @@ def test_training_targets_entropy_only():
   np.testing.assert_array_equal(np.asarray(nu), [1.0, 1.0])
 
 
-def test_training_targets_prototypes_only():
-  """GSC's rule alone (pseudo.entropy False, theta 0.9): the prototype re-labelling, nu =
-  accepted / background = 4/5."""
+def test_training_targets_filter_then_relabel():
+  """The default (second reconstruction): the entropy filter decides which background pixels
+  stay (the uncertain (0,2) becomes 255) and sets nu = 4/5; kept pixels take argmax s. At
+  T = 1 the corrected score keeps the teacher's class everywhere here; at T = 0.1 the
+  prototypes move (0,1) and (1,0), whose features lie at e2, to class 2 (score margins of
+  5x and more)."""
   labels, teacher, frozen = _targets_case()
-  config = _config(**{"pseudo.entropy": False, "gsc.theta": 0.9})
+  config = _config()
+  assert (config.gsc.relabel, config.gsc.similarity, config.gsc.tau) == (
+      "filter_then_relabel", "euclidean", 1.0)
+  targets, nu = _targets(config, labels, teacher, frozen)
+  np.testing.assert_array_equal(np.asarray(targets)[0], [[1, 1, 255, 0], [1, 3, 255, 3]])
+  _new_and_void_untouched(targets, labels)
+  np.testing.assert_allclose(np.asarray(nu), [4 / 5, 0.0], rtol=1e-5)
+  targets, nu = _targets(_config(**{"gsc.tau": 0.1}), labels, teacher, frozen)
+  np.testing.assert_array_equal(np.asarray(targets)[0], [[1, 2, 255, 0], [2, 3, 255, 3]])
+  np.testing.assert_allclose(np.asarray(nu), [4 / 5, 0.0], rtol=1e-5)
+
+
+def test_training_targets_rdp():
+  """relabel=rdp: every background pixel takes argmax s, none is ignored, nu = 1."""
+  labels, teacher, frozen = _targets_case()
+  targets, nu = _targets(_config(**{"gsc.relabel": "rdp"}), labels, teacher, frozen)
+  np.testing.assert_array_equal(np.asarray(targets)[0], [[1, 1, 1, 0], [1, 3, 255, 3]])
+  _new_and_void_untouched(targets, labels)
+  np.testing.assert_array_equal(np.asarray(nu), [1.0, 1.0])
+
+
+def test_training_targets_first_reconstruction_prototypes_only():
+  """First reconstruction, prototype rule alone (pseudo.entropy False, cosine, tau 0.1,
+  theta 0.9): nu = accepted / background = 4/5."""
+  labels, teacher, frozen = _targets_case()
+  config = _config(first_reconstruction=True, **{"pseudo.entropy": False, "gsc.theta": 0.9})
   targets, nu = _targets(config, labels, teacher, frozen)
   np.testing.assert_array_equal(np.asarray(targets)[0], [[1, 255, 1, 0], [2, 3, 255, 3]])
   _new_and_void_untouched(targets, labels)
   np.testing.assert_allclose(np.asarray(nu), [4 / 5, 0.0], rtol=1e-5)
 
 
-def test_training_targets_both_rules_with_entropy_filter():
-  """Both rules and relabel_with_entropy: a pixel needs both to accept, and the prototype
+def test_training_targets_first_reconstruction_both_rules():
+  """First reconstruction with both rules: a pixel needs both to accept, and the prototype
   rule picks the class ((1,0) becomes 2, the teacher's argmax being 1). nu = 3/5."""
   labels, teacher, frozen = _targets_case()
-  config = _config(**{"gsc.theta": 0.9})
-  assert config.pseudo.entropy and config.gsc.prototypes and config.gsc.relabel_with_entropy
+  config = _config(first_reconstruction=True, **{"gsc.theta": 0.9})
+  assert config.pseudo.entropy and config.gsc.prototypes and config.gsc.relabel == "first"
   targets, nu = _targets(config, labels, teacher, frozen)
   np.testing.assert_array_equal(np.asarray(targets)[0], [[1, 255, 255, 0], [2, 3, 255, 3]])
   _new_and_void_untouched(targets, labels)
   np.testing.assert_allclose(np.asarray(nu), [3 / 5, 0.0], rtol=1e-5)
-
-
-def test_training_targets_both_rules_without_entropy_filter():
-  """Both rules but relabel_with_entropy False: the prototype rule alone decides."""
-  labels, teacher, frozen = _targets_case()
-  config = _config(**{"gsc.theta": 0.9, "gsc.relabel_with_entropy": False})
-  targets, nu = _targets(config, labels, teacher, frozen)
-  np.testing.assert_array_equal(np.asarray(targets)[0], [[1, 255, 1, 0], [2, 3, 255, 3]])
-  _new_and_void_untouched(targets, labels)
-  np.testing.assert_allclose(np.asarray(nu), [4 / 5, 0.0], rtol=1e-5)

@@ -63,11 +63,11 @@ def test_ade_tree_two_steps_ignoring_class_0(tmp_path):
   workdir, summaries = _run(ade, "100-50,method=mib,data.eval_ignore_background=true",
                             tmp_path / "ade", tmp_path)
   assert [s["step"] for s in summaries] == [0, 1]
-  assert summaries[1]["evaluation"].endswith("class 0 ignored")
+  assert "class 0 ignored" in summaries[1]["evaluation"]
   iou = summaries[0]["iou"]  # read back from metrics.json: string keys
   assert iou["0"] is None and iou["3"] is not None  # class 0 not scored
   with open(os.path.join(workdir, "summary.json")) as f:
-    assert json.load(f)["evaluation"].endswith("class 0 ignored")
+    assert "class 0 ignored" in json.load(f)["evaluation"]
 
 
 def test_cityscapes_tree_domain_steps(tmp_path):

@@ -33,13 +33,17 @@ def _validated(argument: str, num_devices: int = 1):
 
 
 @pytest.mark.parametrize("argument, message", [
-    ("15-1,gsc.groups=steps", r"gsc.groups='steps' must be one of: step, cumulative, class"),
+    ("15-1,gsc.groups=steps", r"gsc.groups='steps' must be one of: fiss, step, old_new, class"),
     ("15-1,method=gsc,gsc.magnitude=soft", r"gsc.magnitude='soft' must be one of"),
     ("15-1,data.crop_size=0", r"data.crop_size=0 must be >= 1"),
     ("15-1,optim.lr_step0=-0.1", r"optim.lr_step0=-0.1 must be >= 0.0"),
     ("15-1,optim.momentum=1.0", r"optim.momentum=1.0 must be < 1.0"),
     ("15-1,model.backbone=resnet7", r"model.backbone='resnet7' must be one of: resnet101"),
     ("15-1,data.crop_scale_min=3.0", r"data.crop_scale_min=3.0 is above data.crop_scale_max"),
+    ("15-1,method=gsc,pseudo.quantile_start=0.9",
+     r"pseudo.quantile_start=0.9 is above pseudo.quantile_max=0.8"),
+    ("15-1,method=gsc,gsc.relabel=both", r"gsc.relabel='both' must be one of"),
+    ("15-1,data.eval_unseen=zero", r"data.eval_unseen='zero' must be one of: ignore, background"),
     ("15-2", r"task '15-2'"),
     # A method switch the chosen method does not read.
     ("15-1,method=mib,gsc.compensation=true", r"method mib does not use gsc.compensation"),

@@ -153,6 +153,13 @@ def test_test_lut():
                                 [[0, 1, 15, 16], [17, 255, 255, 255]])
   np.testing.assert_array_equal(_apply(tasks.test_label_lut(task, 2, ignore_background=True)),
                                 [[255, 1, 15, 16], [17, 255, 255, 255]])
+  # PLOP's code: classes not seen yet (18, 20) are scored as background; void stays void.
+  np.testing.assert_array_equal(
+      _apply(tasks.test_label_lut(task, 2, unseen_as_background=True)),
+      [[0, 1, 15, 16], [17, 0, 0, 255]])
+  np.testing.assert_array_equal(
+      _apply(tasks.test_label_lut(task, 2, ignore_background=True, unseen_as_background=True)),
+      [[255, 1, 15, 16], [17, 255, 255, 255]])
 
 
 def test_luts_map_classes_to_channels_under_a_class_order():

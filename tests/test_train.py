@@ -12,6 +12,7 @@ from configs import synthetic
 from gsc_jax import checkpoint
 from gsc_jax import errors
 from gsc_jax import train
+from gsc_jax.methods import gsc
 from gsc_jax import workdir as workdir_lib
 
 # Step 0 = background + classes 1-3, step 1 = class 4.
@@ -137,21 +138,29 @@ def gsc_run(finished_run, tmp_path_factory):
   return workdir, summaries
 
 
-def test_gsc_step_saves_thresholds_prototypes_and_group_means(gsc_run):
+def test_gsc_step_saves_thresholds_prototypes_and_diagnostics(gsc_run):
+  """The second reconstruction: per-epoch thresholds, the teacher's prototypes saved before
+  step 1, no prototypes after it, and the compensation's per-step diagnostics logged."""
   workdir, summaries = gsc_run
   assert summaries[1]["new"] is not None
   thresholds = checkpoint.load_pass_result(str(workdir), 1, "entropy_thresholds")["thresholds"]
-  assert len(thresholds) == 4
-  assert min(thresholds) >= 0.001  # PLOP's floor
-  for step, num_classes in ((0, 4), (1, 5)):
-    result = checkpoint.load_pass_result(str(workdir), step, "prototypes")
-    prototypes, seen = result["prototypes"], result["prototype_seen"]
-    assert prototypes.shape == (num_classes, 16) and seen.shape == (num_classes,)
-    assert seen[0] and np.all(np.isfinite(prototypes))
+  assert thresholds.shape == (2, 4)  # 2 epochs x K_old
+  # PLOP's floor; NaN is the released code's verdict on a scan that stops on an empty bin.
+  assert np.all(np.isnan(thresholds) | (thresholds >= 0.001))
+  prototypes = checkpoint.load_pass_result(str(workdir), 1, "teacher_prototypes")
+  assert prototypes["prototypes"].shape == (4, 16) and prototypes["prototype_seen"][0]
+  assert np.all(np.isfinite(prototypes["prototypes"]))
+  assert not os.path.exists(checkpoint.pass_result_path(str(workdir), 1, "prototypes"))
   log_lines = [json.loads(line) for line in open(workdir / "log.jsonl")]
   step1 = [line for line in log_lines if line.get("step") == 1 and "loss" in line]
-  assert step1 and {"ce", "pod", "soft_label", "sharpening", "relation", "nu"} <= set(step1[0])
-  assert len(step1[0]["group_means"]) == 2  # groups: step 0 and step 1
+  assert step1 and {"ce", "pod", "soft_label", "sharpening", "nu"} <= set(step1[0])
+  assert "relation" not in step1[0]  # the class-relation term is off by default
+  assert len(step1[0]["group_means"]) == 1  # FISS at step 1: the base group only
+  for name in ("weight_mean", "weight_max", "gradient_share"):
+    assert len(step1[0][name]) == 2  # per step of the target class: 0 and 1
+  for record in step1:  # shares of one total; none when nu = 0 leaves no CE gradient
+    total_share = sum(record["gradient_share"])
+    assert np.isclose(total_share, 1.0, rtol=1e-4) or (record["nu"] == 0 and total_share == 0)
 
 
 def test_gsc_resume_is_bitwise_identical(finished_run, gsc_run, tmp_path):
@@ -166,9 +175,29 @@ def test_gsc_resume_is_bitwise_identical(finished_run, gsc_run, tmp_path):
   for a, b in zip(jax.tree.leaves(read_export(workdir, 1)), jax.tree.leaves(read_export(gsc_dir, 1))):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(
-      checkpoint.load_pass_result(str(workdir), 1, "prototypes")["prototypes"],
-      checkpoint.load_pass_result(str(gsc_dir), 1, "prototypes")["prototypes"])
+      checkpoint.load_pass_result(str(workdir), 1, "teacher_prototypes")["prototypes"],
+      checkpoint.load_pass_result(str(gsc_dir), 1, "teacher_prototypes")["prototypes"])
   assert summaries == reference
+
+
+def test_gsc_first_reconstruction_step(finished_run, tmp_path):
+  """The first reconstruction's values: prototypes of the final model saved after step 1
+  (and read from step 0's), one threshold row per epoch at the median, the class-relation
+  term logged, per-step groups."""
+  reference_dir, _ = finished_run
+  workdir = tmp_path / "first"
+  first = "".join(f",{key}={value}" for key, value in gsc.FIRST_RECONSTRUCTION.items())
+  summaries = run(workdir, f",method=gsc{first},init_step0_from={reference_dir}")
+  assert summaries[1]["new"] is not None
+  thresholds = checkpoint.load_pass_result(str(workdir), 1, "entropy_thresholds")["thresholds"]
+  np.testing.assert_array_equal(thresholds[0], thresholds[1])  # the median at every epoch
+  result = checkpoint.load_pass_result(str(workdir), 1, "prototypes")
+  assert result["prototypes"].shape == (5, 16) and result["prototype_seen"][0]
+  assert not os.path.exists(checkpoint.pass_result_path(str(workdir), 1, "teacher_prototypes"))
+  log_lines = [json.loads(line) for line in open(workdir / "log.jsonl")]
+  step1 = [line for line in log_lines if line.get("step") == 1 and "loss" in line]
+  assert step1 and "relation" in step1[0]
+  assert len(step1[0]["group_means"]) == 1  # "step" grouping at step 1: step 0's group
 
 
 def test_plop_exact_median_thresholds(finished_run, tmp_path):
@@ -178,6 +207,7 @@ def test_plop_exact_median_thresholds(finished_run, tmp_path):
   thresholds = checkpoint.load_pass_result(str(workdir), 1, "entropy_thresholds")["thresholds"]
   # Exact medians of the normalised entropies: within [floor, 1 / (K_old log K)].
   bound = 1 / (4 * np.log(5))
-  assert all(0.001 <= value <= bound + 1e-6 for value in thresholds)
+  assert thresholds.shape == (2, 4)  # 2 epochs x K_old, the median at each
+  assert np.all((0.001 <= thresholds) & (thresholds <= bound + 1e-6))
   assert summaries[1]["step"] == 1
   assert not os.path.exists(checkpoint.pass_result_path(str(workdir), 1, "prototypes"))

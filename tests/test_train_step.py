@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from configs import synthetic
 from gsc_jax import methods
@@ -35,17 +36,24 @@ def _setup(extra=""):
   targets = jnp.asarray(rng.choice([0, 1, 2, 3, 255], size=(BATCH, SIZE, SIZE)), jnp.int32)
   nu = jnp.asarray([0.7, 0.4], jnp.float32)
   method = methods.build(config, facts, model, teacher_model)._replace(
-      training_targets=lambda labels, teacher_outputs, frozen: (targets, nu))
+      training_targets=lambda labels, teacher_outputs, frozen, epoch: (targets, nu))
   batch = {"image": images, "label": targets}
   frozen = {"teacher": teacher_variables}
   return config, facts, model, teacher_model, method, variables, frozen, batch, targets, nu
 
 
-def test_split_gradient_is_the_total_loss_gradient_with_weights_held_constant():
-  config, facts, model, teacher_model, method, variables, frozen, batch, targets, nu = _setup()
+FIRST_RECONSTRUCTION = "".join(f",{key}={value}" for key, value in
+                               gsc.FIRST_RECONSTRUCTION.items())
+
+
+@pytest.mark.parametrize("extra", [",gsc.class_relation=fiss", FIRST_RECONSTRUCTION],
+                         ids=["second_with_class_relation", "first_reconstruction"])
+def test_split_gradient_is_the_total_loss_gradient_with_weights_held_constant(extra):
+  config, facts, model, teacher_model, method, variables, frozen, batch, targets, nu = _setup(
+      extra)
   optimizer = optax.sgd(0.0)
   state = train_step_lib.create_train_state(variables, optimizer, method)
-  loss_gradients = jax.jit(train_step_lib.make_loss_gradients(model, teacher_model, method))
+  loss_gradients = jax.jit(train_step_lib.make_loss_gradients(model, teacher_model, method, 10))
   gradients, _, transform_state, scalars = loss_gradients(state, frozen, batch)
   assert {"ce", "pod", "soft_label", "sharpening", "relation"} <= set(scalars)
 
@@ -96,7 +104,7 @@ def test_split_gradient_is_the_total_loss_gradient_with_weights_held_constant():
 def test_step_never_changes_the_teacher_and_flags_non_finite_losses():
   _, _, model, teacher_model, method, variables, frozen, batch, _, _ = _setup()
   optimizer = optax.sgd(0.1)
-  train_step = jax.jit(train_step_lib.make_train_step(model, teacher_model, method, optimizer),
+  train_step = jax.jit(train_step_lib.make_train_step(model, teacher_model, method, optimizer, 10),
                        donate_argnums=(0,))
   teacher_before = jax.tree.map(np.array, frozen["teacher"])
   state = train_step_lib.create_train_state(variables, optimizer, method)

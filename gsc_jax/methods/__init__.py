@@ -28,8 +28,11 @@ from gsc_jax import tasks
 from gsc_jax.methods import base
 from gsc_jax.methods import gsc  # its prototype pass ends every step 0
 
-# Fields every method reads, with the value they take unless the preset says otherwise.
-COMMON = {"model.new_classifier_init": "mib", "data.void_to_background": False}
+# Fields with the value every method takes unless its preset says otherwise (the threshold
+# quantiles are only read where pseudo.entropy is on).
+COMMON = {"model.new_classifier_init": "mib", "data.void_to_background": False,
+          "pseudo.quantile_start": 0.5, "pseudo.quantile_per_epoch": 0.0,
+          "pseudo.quantile_max": 0.5}
 # Every method switch with its neutral value (the value that adds nothing).
 SWITCHES = {
     "loss.ce": "plain",

@@ -3,7 +3,7 @@
 The train step (gsc_jax/train_step.py) is generic over it:
 
   teacher_outputs = teacher(images)                      (frozen, inference mode)
-  targets, nu     = method.training_targets(labels, teacher_outputs, frozen)
+  targets, nu     = method.training_targets(labels, teacher_outputs, frozen, epoch)
   ce, d ce/d z    = method.classification_loss(logits, targets, nu)  and its logit gradient
   d ce/d z, state = method.logit_gradient_transform.update(d ce/d z, state,
                                                            targets=..., logits=...)
@@ -12,8 +12,9 @@ The train step (gsc_jax/train_step.py) is generic over it:
 ``frozen`` holds what the step reads but never changes: ``frozen["teacher"]`` (the
 previous step's variables) and the results of the method's data passes. A ``DataPass``
 runs over the step's training images (evaluation preprocessing) either BEFORE the step,
-with the teacher (PLOP's entropy thresholds), or AFTER it, with the final model (GSC's
-prototypes, read by the next step). Its results are saved in ``step_<t>/<name>.npz``.
+with the teacher (PLOP's entropy thresholds, over one epoch of augmented training batches
+as PLOP does; GSC's prototypes), or AFTER it, with the final model (the first
+reconstruction's prototypes, read by the next step). Its results are saved in ``step_<t>/<name>.npz``.
 """
 
 from collections.abc import Callable
@@ -39,11 +40,15 @@ class DataPass(NamedTuple):
   name: str
   batch_statistics: Callable[[dict, dict, dict], Any]
   finish: Callable[[list, dict | None], dict]
+  # True: one epoch of the step's TRAINING batches (random crops and flips, the last
+  # partial batch dropped), as PLOP computes its thresholds; False: every image once, with
+  # evaluation preprocessing.
+  augmented: bool = False
 
 
-def images_labels_as_targets(labels, teacher_outputs, frozen):
+def images_labels_as_targets(labels, teacher_outputs, frozen, epoch):
   """The step's labels are the targets; nu = 1 for every image."""
-  del teacher_outputs, frozen
+  del teacher_outputs, frozen, epoch
   return labels, jnp.ones(labels.shape[0], jnp.float32)
 
 
@@ -63,7 +68,9 @@ class Method(NamedTuple):
   ``logit_gradient_transform``: an optax ``GradientTransformationExtraArgs`` applied to the
   classification loss's gradient with respect to the logits [B, H, W, K], called with
   ``targets=`` and ``logits=`` (stop-gradient); its state lives in the train state.
-  ``transform_scalars(state)`` names what of that state to log. ``frozen_from_previous_step``
+  ``transform_scalars(state)`` names what of that state to log. ``training_targets``
+  receives the epoch of the iteration within the step (an int32 scalar; PLOP's and FISS's
+  thresholds may change with it). ``frozen_from_previous_step``
   names the after-step passes of step t-1 whose results this step reads from ``frozen``.
   """
   training_targets: Callable = images_labels_as_targets

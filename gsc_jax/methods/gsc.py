@@ -1,18 +1,22 @@
-"""GSC (Cong et al., IEEE TMM 2024), as reconstructed here (docs/algorithm.md 5,
-docs/gsc_step.md): the PLOP step plus three parts, each switchable.
+"""GSC (Cong et al., IEEE TMM 2024), as reconstructed here from its sister methods' released
+code (docs/algorithm.md 5, docs/gsc_step.md): the PLOP step, with FISS's per-epoch rising
+entropy-threshold quantile, plus three parts, each switchable.
 
 - ``gsc.compensation`` (5.1): step-aware gradient compensation, an optax transform on the
-  cross-entropy's logit gradients (gsc_jax/compensation.py);
-- ``gsc.relation`` (5.2): soft-sharp semantic relation distillation (soft labels,
-  sharpening, class relation), or the two-temperature variant;
-- ``gsc.prototypes`` (5.3): prototypical pseudo re-labelling of the background pixels,
-  with per-class prototypes saved at the end of every step (``prototype_pass``).
+  cross-entropy's logit gradients (gsc_jax/compensation.py; FISS's nested groups);
+- ``gsc.relation`` (5.2): soft-sharp semantic relation distillation (RDP: soft labels and
+  sharpening; FISS's class-relation term optional), or the two-temperature variant;
+- ``gsc.prototypes`` (5.3): prototypical pseudo re-labelling of the background pixels (RDP),
+  with per-old-class prototypes from the teacher at the start of the step
+  (``teacher_prototype_pass``), or from the previous step's final model
+  (``prototype_pass``, the first reconstruction).
+
+``FIRST_RECONSTRUCTION`` holds the values that give the project's first reconstruction.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from gsc_jax import compensation
 from gsc_jax import losses
@@ -22,43 +26,105 @@ from gsc_jax.methods import plop
 from gsc_jax.tasks import IGNORE_LABEL
 
 PRESET = {**plop.PRESET, "gsc.compensation": True, "gsc.relation": True,
-          "gsc.prototypes": True}
+          "gsc.prototypes": True,
+          # FISS's rising quantile pi_e = min(0.2 + 0.1 e, 0.8) (docs/algorithm.md 5).
+          "pseudo.quantile_start": 0.2, "pseudo.quantile_per_epoch": 0.1,
+          "pseudo.quantile_max": 0.8}
 PUBLISHED = plop.PUBLISHED  # GSC follows PLOP's protocol
+
+# The first reconstruction's choices (docs/gsc_step.md "Variants"), as config values.
+FIRST_RECONSTRUCTION = {
+    "pseudo.quantile_start": 0.5, "pseudo.quantile_per_epoch": 0.0, "pseudo.quantile_max": 0.5,
+    "gsc.groups": "step", "gsc.magnitude": "softmax",
+    "gsc.soft_label_form": "softmax_valid", "gsc.class_relation": "first",
+    "gsc.prototype_source": "previous_model", "gsc.similarity": "cosine", "gsc.tau": 0.1,
+    "gsc.relabel": "first", "gsc.theta": 0.5,
+}
 
 
 def training_targets_of(config, facts):
-  """Targets among the pixels labelled 0: PLOP's entropy rule and/or the prototypical
-  re-labelling (``pseudo_labels.prototype_relabel``). With both and
-  ``gsc.relabel_with_entropy``, a pixel must pass the entropy filter AND get a class from
-  the prototype rule, which also picks the class. Rejected pixels become 255. With
-  ``pseudo.adaptive_factor``, nu = accepted background pixels / background pixels."""
+  """Targets among the pixels labelled 0 (docs/algorithm.md 5.3), by ``gsc.relabel``:
+
+  - ``filter_then_relabel``: PLOP's entropy filter decides which background pixels are
+    kept (the others become 255) and sets nu; a kept pixel takes ``argmax s``, the
+    prototype-corrected teacher score, possibly 0;
+  - ``rdp``: every background pixel takes ``argmax s``; nu = 1;
+  - ``first``: the entropy rule AND the prototype rule (with theta) must accept; the
+    prototype rule picks the class.
+
+  Without ``gsc.prototypes``, PLOP's entropy targets.
+  """
   gsc, entropy = config.gsc, config.pseudo.entropy
   if not gsc.prototypes:
     return plop.entropy_targets(config, facts) if entropy else base.images_labels_as_targets
+  num_classes, adaptive = facts.num_classes, config.pseudo.adaptive_factor
 
-  def training_targets(labels, teacher_outputs, frozen):
-    teacher_logits = teacher_outputs["logits"]
-    background = labels == 0
-    relabelled, accepted = pseudo_labels.prototype_relabel(
-        labels, teacher_logits, teacher_outputs["head"], frozen["prototypes"],
-        frozen["prototype_seen"], gsc.tau, gsc.theta, gsc.similarity)
-    if entropy and gsc.relabel_with_entropy:
-      _, _, entropy_accepted = pseudo_labels.entropy_pseudo_labels(
-          labels, teacher_logits, frozen["thresholds"], facts.num_classes)
-      accepted = accepted & entropy_accepted
-    targets = jnp.where(background, jnp.where(accepted, relabelled, IGNORE_LABEL), labels)
-    if not config.pseudo.adaptive_factor:
-      return targets, jnp.ones(labels.shape[0], jnp.float32)
-    return targets, pseudo_labels.adaptive_factor(accepted, background)
+  def entropy_accepted(labels, teacher_logits, frozen, epoch):
+    if not entropy:
+      return labels == 0
+    _, _, accepted = pseudo_labels.entropy_pseudo_labels(
+        labels, teacher_logits, plop.thresholds_of_epoch(frozen, epoch), num_classes)
+    return accepted
+
+  def training_targets(labels, teacher_outputs, frozen, epoch):
+    teacher_logits, teacher_features = teacher_outputs["logits"], teacher_outputs["head"]
+    if gsc.relabel == "first":
+      relabelled, accepted = pseudo_labels.prototype_relabel(
+          labels, teacher_logits, teacher_features, frozen["prototypes"],
+          frozen["prototype_seen"], gsc.tau, gsc.theta, gsc.similarity)
+      accepted = accepted & entropy_accepted(labels, teacher_logits, frozen, epoch)
+      background = labels == 0
+      targets = jnp.where(background, jnp.where(accepted, relabelled, IGNORE_LABEL), labels)
+      nu = pseudo_labels.adaptive_factor(accepted, background)
+    else:
+      scores = pseudo_labels.prototype_scores(
+          teacher_logits, teacher_features, frozen["prototypes"], frozen["prototype_seen"],
+          gsc.tau, gsc.similarity)
+      if gsc.relabel == "rdp":
+        targets, nu = pseudo_labels.rdp_relabel(labels, scores)
+      else:
+        targets, nu = pseudo_labels.filter_then_relabel(
+            labels, scores, entropy_accepted(labels, teacher_logits, frozen, epoch))
+    return targets, nu if adaptive else jnp.ones_like(nu)
 
   return training_targets
 
 
-def prototype_pass(facts, model, teacher_model, training_targets) -> base.DataPass:
-  """GSC's prototypes at the end of a step (docs/algorithm.md 5.3): per class, the mean
-  head feature of its pixels over the step's training data, with ``training_targets`` as
-  the labels (ground truth for the step's classes, pseudo-labels for old ones, background
-  included); classes absent from the step keep their previous prototype."""
+def _class_means(results, previous=None):
+  """Prototypes from per-batch (feature sums, counts): ``pseudo_labels.updated_prototypes``."""
+  sums = np.sum([np.asarray(s, np.float64) for s, _ in results], axis=0)
+  counts = np.sum([np.asarray(c, np.float64) for _, c in results], axis=0)
+  previous_prototypes = previous_seen = None
+  if previous is not None:
+    previous_prototypes, previous_seen = previous["prototypes"], previous["prototype_seen"]
+  prototypes, seen = pseudo_labels.updated_prototypes(previous_prototypes, previous_seen,
+                                                      sums, counts)
+  return {"prototypes": prototypes.astype(np.float32), "prototype_seen": seen}
+
+
+def teacher_prototype_pass(teacher_model) -> base.DataPass:
+  """GSC's prototypes at the START of a step (docs/algorithm.md 5.3, RDP): per old class
+  c < K_old, the mean teacher head feature of its pixels over the step's training images,
+  a pixel labelled 0 counting for the teacher's argmax (``pseudo_labels.
+  teacher_prototype_sums``); a class without pixels is unseen."""
+
+  def batch_statistics(variables, frozen, batch):
+    del frozen
+    outputs = teacher_model.apply(variables, batch["image"], train=False)
+    return pseudo_labels.teacher_prototype_sums(outputs["head"], outputs["logits_low"],
+                                                batch["label"].astype(jnp.int32))
+
+  return base.DataPass("teacher_prototypes", batch_statistics,
+                       lambda results, previous: _class_means(results))
+
+
+def prototype_pass(facts, model, teacher_model, training_targets,
+                   last_epoch: int = 0) -> base.DataPass:
+  """The first reconstruction's prototypes, at the END of a step: per class, the mean head
+  feature of the step's final model over its pixels of the step's training data, with
+  ``training_targets`` (of the step's last epoch) as the labels: ground truth for the
+  step's classes, pseudo-labels for old ones, background included. Classes absent from
+  the step keep their previous prototype."""
   num_classes = facts.num_classes
 
   def batch_statistics(variables, frozen, batch):
@@ -66,79 +132,83 @@ def prototype_pass(facts, model, teacher_model, training_targets) -> base.DataPa
     teacher_outputs = None
     if teacher_model is not None and training_targets is not base.images_labels_as_targets:
       teacher_outputs = teacher_model.apply(frozen["teacher"], batch["image"], train=False)
-    targets, _ = training_targets(labels, teacher_outputs, frozen)
+    targets, _ = training_targets(labels, teacher_outputs, frozen, last_epoch)
     head = model.apply(variables, batch["image"], train=False)["head"]
     return pseudo_labels.prototype_sums(head, targets, num_classes)
 
-  def finish(results, previous):
-    sums = np.sum([np.asarray(s, np.float64) for s, _ in results], axis=0)
-    counts = np.sum([np.asarray(c, np.float64) for _, c in results], axis=0)
-    previous_prototypes = previous_seen = None
-    if previous is not None:
-      previous_prototypes, previous_seen = previous["prototypes"], previous["prototype_seen"]
-    prototypes, seen = pseudo_labels.updated_prototypes(previous_prototypes, previous_seen,
-                                                        sums, counts)
-    return {"prototypes": prototypes.astype(np.float32), "prototype_seen": seen}
-
-  return base.DataPass("prototypes", batch_statistics, finish)
+  return base.DataPass("prototypes", batch_statistics, _class_means)
 
 
 def compensation_transform(config, facts):
-  """The optax transform of 5.1 with the step's groups and exponent zeta = K_old / K,
-  taking ``targets=`` and ``logits=``; and ``weights(state, targets, logits)``, the
-  per-pixel weights it applied."""
+  """The optax transform of 5.1 for the step (``compensation.gradient_compensation``) and
+  ``weights(state, targets, logits)``, the per-pixel weights it applied."""
   gsc = config.gsc
-  groups, is_current_group = compensation.group_of_channel(facts.classes_per_step, gsc.groups)
-  exponent = facts.num_old_classes / facts.num_classes if gsc.use_exponent else 1.0
-  transform, weights_of = compensation.gradient_compensation(groups, is_current_group,
-                                                             exponent, gsc.ema_decay)
-
-  def update(logit_gradients, state, params=None, *, targets, logits):
-    probabilities = compensation.class_probabilities(logits, gsc.magnitude)
-    return transform.update(logit_gradients, state, params, targets=targets,
-                            probabilities=probabilities)
-
-  def weights(state, targets, logits):
-    return weights_of(state, targets, compensation.class_probabilities(logits, gsc.magnitude))
-
-  return optax.GradientTransformationExtraArgs(transform.init, update), weights
+  return compensation.gradient_compensation(
+      facts.classes_per_step, grouping=gsc.groups, magnitude=gsc.magnitude,
+      use_exponent=gsc.use_exponent, bound=gsc.bound, ema_decay=gsc.ema_decay)
 
 
-def mean_weight_per_class(targets, pixel_weights, num_old_classes: int):
-  """Per old class c, the mean compensation weight of the pixels targeted at c (1 if none)."""
+def first_mean_weight_per_class(targets, pixel_weights, num_old_classes: int):
+  """First reconstruction: per old class c, the mean compensation weight of the pixels
+  targeted at c (1 if none)."""
   one_hot = losses.one_hot_targets(targets, num_old_classes)
   counts = jnp.sum(one_hot, axis=(0, 1, 2))
   sums = jnp.sum(one_hot * pixel_weights[..., None], axis=(0, 1, 2))
   return jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), 1.0)
 
 
+SOFT_LABEL_LOSSES = {
+    "softmax": losses.soft_label_loss_all_pixels,          # RDP
+    "bce": losses.soft_label_binary_cross_entropy,         # GLFC / HFC
+    "softmax_valid": losses.soft_label_loss,               # first reconstruction
+}
+
+
 def relation_terms(config, facts, compensation_weights):
   """``outputs, targets, teacher_outputs, transform_state -> {name: weighted term}`` of
-  5.2: soft labels, sharpening and class relation (``soft_sharp``), or the two-temperature
-  distillation (``temperature``). The class relation term weights each old class by its
-  mean compensation weight (1 without compensation)."""
+  5.2: soft labels and sharpening (``soft_sharp``), with the class-relation term when
+  ``gsc.class_relation`` is not ``off``; or the two-temperature distillation
+  (``temperature``). The class-relation term weights each class by its mean compensation
+  weight (1 per pixel without compensation)."""
   gsc, num_old_classes = config.gsc, facts.num_old_classes
 
-  def class_weights(targets, logits, transform_state):
+  def pixel_weights(targets, logits, transform_state):
     if transform_state is None:
-      return jnp.ones(num_old_classes, jnp.float32)
-    weights = compensation_weights(transform_state, targets, jax.lax.stop_gradient(logits))
-    return mean_weight_per_class(targets, weights, num_old_classes)
+      return jnp.ones(targets.shape, jnp.float32)
+    return compensation_weights(transform_state, targets, jax.lax.stop_gradient(logits))
+
+  def class_relation(logits, targets, teacher_logits, transform_state):
+    weights = pixel_weights(targets, logits, transform_state)
+    if gsc.class_relation == "fiss":
+      class_weights = losses.mean_weight_per_class(targets, weights, facts.num_classes)
+      return losses.class_relation_loss_all_classes(logits, targets, teacher_logits,
+                                                    class_weights)
+    class_weights = first_mean_weight_per_class(targets, weights, num_old_classes)
+    return losses.class_relation_loss(logits, targets, teacher_logits, class_weights)
 
   def terms(outputs, targets, teacher_outputs, transform_state):
     logits, teacher_logits = outputs["logits"], teacher_outputs["logits"]
     if gsc.relation_form == "temperature":
       return {"temperature_kd": gsc.temperature_kd_weight * losses.temperature_distillation(
           logits, teacher_logits, gsc.soft_temperature, gsc.sharp_temperature)}
-    return {
-        "soft_label": gsc.soft_label_weight * losses.soft_label_loss(logits, targets,
-                                                                     teacher_logits),
+    result = {
+        "soft_label": gsc.soft_label_weight * SOFT_LABEL_LOSSES[gsc.soft_label_form](
+            logits, targets, teacher_logits),
         "sharpening": gsc.sharpening_weight * losses.sharpening_loss(logits),
-        "relation": gsc.relation_weight * losses.class_relation_loss(
-            logits, targets, teacher_logits, class_weights(targets, logits, transform_state)),
     }
+    if gsc.class_relation != "off":
+      result["relation"] = gsc.class_relation_weight * class_relation(
+          logits, targets, teacher_logits, transform_state)
+    return result
 
   return terms
+
+
+def compensation_scalars(state) -> dict:
+  """What the progress line and log.jsonl show of the compensation (per step of the
+  target class: mean and max weight, share of the cross-entropy's logit-gradient mass)."""
+  return {"group_means": state.group_means, "weight_mean": state.weight_mean,
+          "weight_max": state.weight_max, "gradient_share": state.gradient_share}
 
 
 def build(config, facts, model, teacher_model) -> base.Method:
@@ -156,14 +226,19 @@ def build(config, facts, model, teacher_model) -> base.Method:
       terms.update(relation(outputs, targets, teacher_outputs, transform_state))
     return terms
 
-  pseudo_labelled = config.pseudo.entropy or gsc.prototypes
+  before_step, after_step, from_previous = [], [], ()
+  if config.pseudo.entropy:
+    before_step.append(plop.threshold_pass(config, facts, teacher_model))
+  if gsc.prototypes and gsc.prototype_source == "teacher":
+    before_step.append(teacher_prototype_pass(teacher_model))
+  elif gsc.prototypes:
+    after_step.append(prototype_pass(facts, model, teacher_model, training_targets,
+                                     last_epoch=config.optim.epochs_incremental - 1))
+    from_previous = ("prototypes",)
   return base.Method(
       training_targets=training_targets, other_terms=other_terms,
       logit_gradient_transform=transform,
-      transform_scalars=lambda state: {"group_means": state.group_means},
-      before_step=(plop.threshold_pass(config, facts, teacher_model),)
-      if config.pseudo.entropy else (),
-      after_step=(prototype_pass(facts, model, teacher_model, training_targets),)
-      if gsc.prototypes else (),
-      frozen_from_previous_step=("prototypes",) if gsc.prototypes else (),
-      reports_nu=pseudo_labelled)
+      transform_scalars=compensation_scalars,
+      before_step=tuple(before_step), after_step=tuple(after_step),
+      frozen_from_previous_step=from_previous,
+      reports_nu=config.pseudo.entropy or gsc.prototypes)

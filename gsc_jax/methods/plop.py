@@ -2,9 +2,10 @@
 
 Loss at step t > 0: the cross-entropy on entropy pseudo-labels, each image's pixels
 weighted by nu, plus Local POD. Before the step, one pass of the teacher over the step's
-training images gives a per-old-class entropy threshold (``threshold_pass``); during the
-step, a pixel labelled background takes the teacher's class when the teacher's entropy is
-below that class's threshold, and is ignored otherwise.
+training images gives a per-old-class entropy threshold for every epoch of the step
+(``threshold_pass``); during the step, a pixel labelled background takes the teacher's
+class when the teacher's entropy is below that class's threshold, and is ignored otherwise.
+PLOP uses the median at every epoch; GSC's base (FISS) a quantile rising with the epoch.
 """
 
 import jax.numpy as jnp
@@ -14,19 +15,36 @@ from gsc_jax import losses
 from gsc_jax import pseudo_labels
 from gsc_jax.methods import base
 
-PRESET = {"loss.pod_weight": 0.01, "loss.pod_logits_weight": 0.0005, "pseudo.entropy": True}
+PRESET = {"loss.pod_weight": 0.01, "loss.pod_logits_weight": 0.0005, "pseudo.entropy": True,
+          # The half-count at every epoch (docs/algorithm.md 4).
+          "pseudo.quantile_start": 0.5, "pseudo.quantile_per_epoch": 0.0,
+          "pseudo.quantile_max": 0.5}
 PUBLISHED = {
     ("voc", "10-1"): {"optim.epochs_incremental": 10},  # PLOP's scripts/voc/plop_10-1.sh
     ("ade", "*"): {"loss.pod_weight": 0.001, "loss.pod_logits_weight": 0.00001},
 }
 
 
+def epoch_quantiles(config) -> list[float]:
+  """The threshold quantile of every epoch of an incremental step,
+  ``min(quantile_start + quantile_per_epoch * e, quantile_max)``."""
+  pseudo = config.pseudo
+  return [pseudo_labels.quantile_of_epoch(epoch, pseudo.quantile_start,
+                                          pseudo.quantile_per_epoch, pseudo.quantile_max)
+          for epoch in range(config.optim.epochs_incremental)]
+
+
 def threshold_pass(config, facts, teacher_model) -> base.DataPass:
-  """PLOP's per-old-class entropy thresholds from the teacher on the step's training data:
-  the released code's histogram procedure (``pseudo.thresholds=histogram``) or the exact
-  median (``median``), floored at ``pseudo.threshold_floor``."""
+  """The per-epoch, per-old-class entropy thresholds [epochs, K_old] from the teacher on
+  one epoch of the step's augmented training batches, as PLOP's ``find_median`` reads its
+  train loader: the released code's histogram procedure (``pseudo.thresholds=histogram``)
+  or the exact quantile (``median``), at each epoch's quantile (``epoch_quantiles``),
+  floored at ``pseudo.threshold_floor``. One pass serves every epoch: FISS recomputes the
+  histogram before each epoch, over that epoch's random crops; here the crops of one
+  epoch stand for all of them."""
   mode, floor = config.pseudo.thresholds, config.pseudo.threshold_floor
   num_classes, num_old_classes = facts.num_classes, facts.num_old_classes
+  quantiles = epoch_quantiles(config)
 
   def batch_statistics(variables, frozen, batch):
     del frozen
@@ -41,25 +59,35 @@ def threshold_pass(config, facts, teacher_model) -> base.DataPass:
     del previous
     if mode == "histogram":
       histogram = np.sum([np.asarray(r, np.int64) for r in results], axis=0)
-      thresholds = pseudo_labels.histogram_thresholds(histogram, floor)
+      thresholds = [pseudo_labels.histogram_thresholds(histogram, floor, quantile)
+                    for quantile in quantiles]
     else:
       entropies = np.concatenate([entropy[background] for entropy, _, background in results])
       argmaxes = np.concatenate([argmax[background] for _, argmax, background in results])
-      thresholds = pseudo_labels.median_thresholds(entropies, argmaxes, num_old_classes, floor)
+      thresholds = [pseudo_labels.median_thresholds(entropies, argmaxes, num_old_classes, floor,
+                                                    quantile)
+                    for quantile in quantiles]
     return {"thresholds": np.asarray(thresholds, np.float32)}
 
-  return base.DataPass("entropy_thresholds", batch_statistics, finish)
+  return base.DataPass("entropy_thresholds", batch_statistics, finish, augmented=True)
+
+
+def thresholds_of_epoch(frozen, epoch):
+  """The epoch's row of ``frozen["thresholds"]`` [epochs, K_old] (the last row after it)."""
+  thresholds = frozen["thresholds"]
+  return thresholds[jnp.minimum(epoch, thresholds.shape[0] - 1)]
 
 
 def entropy_targets(config, facts):
   """``training_targets`` with PLOP's entropy pseudo-labels
-  (``pseudo_labels.entropy_pseudo_labels``) and, with ``pseudo.adaptive_factor``, the
-  per-image nu = accepted background pixels / background pixels."""
+  (``pseudo_labels.entropy_pseudo_labels``) at the epoch's thresholds and, with
+  ``pseudo.adaptive_factor``, the per-image nu = accepted background pixels / background
+  pixels."""
   num_classes, adaptive = facts.num_classes, config.pseudo.adaptive_factor
 
-  def training_targets(labels, teacher_outputs, frozen):
+  def training_targets(labels, teacher_outputs, frozen, epoch):
     targets, nu, _ = pseudo_labels.entropy_pseudo_labels(
-        labels, teacher_outputs["logits"], frozen["thresholds"], num_classes)
+        labels, teacher_outputs["logits"], thresholds_of_epoch(frozen, epoch), num_classes)
     return targets, nu if adaptive else jnp.ones_like(nu)
 
   return training_targets

@@ -16,11 +16,34 @@ Module names follow the PyTorch reference (MiB's ``DeeplabV3`` head) so that che
 conversion is a name-for-name mapping.
 """
 
+import functools
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from gsc_jax.models import resnet
+
+
+def head_kernel_init(activation: str):
+  """MiB's and PLOP's head initialisation (modules/deeplab.py ``reset_parameters``): Xavier
+  normal with the activation's gain, ``gain^2 = 2 / (1 + slope^2)`` (PyTorch's
+  ``calculate_gain``; slope 0 for ReLU)."""
+  slope = resnet.LEAKY_RELU_SLOPE if activation == "leaky_relu" else 0.0
+  return nn.initializers.variance_scaling(2.0 / (1.0 + slope ** 2), "fan_avg", "normal")
+
+
+def classifier_bias_init(fan_in: int):
+  """PyTorch's default Conv2d bias, U(-1/sqrt(fan_in), 1/sqrt(fan_in)): the per-step
+  classifiers of MiB and PLOP are plain ``nn.Conv2d``s."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
 
 # Dilations of the three 3x3 pyramid branches per output stride.
 PYRAMID_DILATIONS = {16: (6, 12, 18), 8: (12, 24, 36)}
@@ -42,7 +65,7 @@ class ASPPHead(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = resnet.conv
+    conv = functools.partial(resnet.conv, kernel_init=head_kernel_init(self.activation))
     batch_norm = resnet.batch_norm
     act = resnet.activation_function(self.activation)
 
@@ -93,7 +116,9 @@ class DeepLabV3(nn.Module):
                     activation=self.activation, name="head")(features, train)
 
     per_step_logits = [
-        nn.Conv(num_classes, (1, 1), use_bias=True, name=f"classifier_{step}")(head)
+        nn.Conv(num_classes, (1, 1), use_bias=True, kernel_init=resnet.conv_kernel_init,
+                bias_init=classifier_bias_init(self.head_channels),
+                name=f"classifier_{step}")(head)
         for step, num_classes in enumerate(self.classes_per_step)]
     logits_low = jnp.concatenate(per_step_logits, axis=-1)
 

@@ -40,8 +40,11 @@ BATCH_NORM_MOMENTUM = 0.9  # flax convention: PyTorch's momentum 0.1
 BATCH_NORM_EPSILON = 1e-5
 BOTTLENECK_EXPANSION = 4
 
-# He (kaiming) normal with fan_out, as torchvision initialises ResNet convolutions.
-conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# PyTorch's default Conv2d initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming
+# uniform with a = sqrt(5)): MiB's and PLOP's ResNet has no init code of its own, so this is
+# what their backbone starts from without pretrained weights. The scale matters even before
+# a BatchNorm: the effective step size of SGD goes as lr / |w|^2.
+conv_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,12 +111,12 @@ def batch_norm(train: bool, name: str) -> nn.BatchNorm:
 
 
 def conv(features: int, kernel_size: int, name: str, stride: int = 1,
-         dilation: int = 1, padding: int = 0) -> nn.Conv:
+         dilation: int = 1, padding: int = 0, kernel_init=conv_kernel_init) -> nn.Conv:
   """A bias-free square convolution with explicit symmetric padding (PyTorch semantics)."""
   return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)),
                  kernel_dilation=(dilation, dilation), use_bias=False,
-                 kernel_init=conv_kernel_init, name=name)
+                 kernel_init=kernel_init, name=name)
 
 
 class Bottleneck(nn.Module):

@@ -3,14 +3,16 @@
   python -m gsc_jax.tools.benchmark --benchmark=configs/synthetic_benchmark.py --workdir=runs/benchmark
 
 The config module provides ``get_config(arg)``, ``SEEDS``, ``STEP0_METHOD`` and ``RUNS``
-(per task, the table rows: a name and the config overrides). Step 0 of every (task, seed)
+(per task, the table rows: a name and the config overrides), and optionally ``ORDERING``
+(a task and the row names in their expected order of final "all" mIoU, checked per seed). Step 0 of every (task, seed)
 is trained once with ``STEP0_METHOD`` and reused by every row (``init_step0_from``); the
 offline task is a single step and is run as is. Runs go one after another in this process;
 a finished run is skipped, so the same command resumes an interrupted benchmark (an
 interrupted run resumes from its last checkpoint). Compiled programs are cached on disk
 in ``<workdir>/compilation_cache`` so that later seeds skip XLA compilation.
 
-Output: ``<workdir>/benchmark.md``, one plot per task of every method's mIoU per step
+Output: ``<workdir>/benchmark.md`` (the tables, the ordering verdict and the logged
+diagnostics of the pseudo-labelling and compensation), one plot per task of every method's mIoU per step
 (``<workdir>/<task>.png``) and, with ``--docs``, the same table in ``docs/benchmark.md`` and
 between the benchmark markers of ``README.md``, and the plots in ``docs/images/``.
 """
@@ -125,6 +127,69 @@ def table(module, results: dict, seeds) -> str:
   return "\n".join(lines)
 
 
+def ordering_verdict(module, results: dict, seeds) -> str:
+  """Per seed, whether the final "all" mIoU of ``module.ORDERING``'s rows rises in the
+  listed order, and which adjacent pairs are inverted."""
+  if not hasattr(module, "ORDERING"):
+    return ""
+  task, names = module.ORDERING
+  lines = [f"Expected ordering on {task} (final \"all\"): {' < '.join(names)}."]
+  for seed in seeds:
+    if not all((task, name, seed) in results for name in names):
+      lines.append(f"- seed {seed}: not every run has finished")
+      continue
+    values = [100 * results[(task, name, seed)][0]["all"] for name in names]
+    shown = ", ".join(f"{name} {value:.1f}" for name, value in zip(names, values))
+    inverted = [f"{low} >= {high}" for low, high, a, b in
+                zip(names, names[1:], values, values[1:]) if a >= b]
+    verdict = "holds" if not inverted else f"inverted: {'; '.join(inverted)}"
+    lines.append(f"- seed {seed}: {verdict} ({shown})")
+  return "\n".join(lines) + "\n"
+
+
+def run_diagnostics(log_path: str) -> dict:
+  """Means over the logged iterations of a run's incremental steps: nu (the share of
+  background pixels given a pseudo-label), and, with compensation, the mean weight of the
+  old classes' pixels, the largest weight, and the current step's share of the
+  cross-entropy's logit-gradient mass."""
+  records = [json.loads(line) for line in open(log_path)]
+  records = [r for r in records if "loss" in r and r.get("step", 0) > 0]
+  found = {}
+  if records and "nu" in records[0]:
+    found["nu"] = float(np.mean([r["nu"] for r in records]))
+  if records and "weight_mean" in records[0]:
+    found["old_weight_mean"] = float(np.mean([np.mean(r["weight_mean"][:-1]) for r in records]))
+    found["weight_max"] = float(np.max([np.max(r["weight_max"]) for r in records]))
+    found["new_gradient_share"] = float(np.mean([r["gradient_share"][-1] for r in records]))
+  return found
+
+
+def diagnostics_table(module, run_dirs: dict, seeds) -> str:
+  """Markdown: per task and row with pseudo-labels or compensation, the means over seeds of
+  ``run_diagnostics``."""
+  columns = (("nu", "nu"), ("old_weight_mean", "old-class mean weight"),
+             ("weight_max", "largest weight"), ("new_gradient_share", "new-class gradient share"))
+  lines = []
+  for task, rows in module.RUNS.items():
+    table_rows = []
+    for row_name, _ in rows:
+      found = [run_diagnostics(os.path.join(run_dirs[(task, row_name, seed)], "log.jsonl"))
+               for seed in seeds if (task, row_name, seed) in run_dirs]
+      found = [f for f in found if f]
+      if found:
+        cells = []
+        for key, _ in columns:
+          values = [f[key] for f in found if key in f]
+          cells.append(f"{np.mean(values):.2f}" if values else "-")
+        table_rows.append(f"| {row_name} | " + " | ".join(cells) + " |")
+    if table_rows:
+      lines += [f"**{task}**: logged diagnostics, mean over iterations of the incremental "
+                "steps and over seeds", "",
+                "| method | " + " | ".join(name for _, name in columns) + " |",
+                "|---|" + "---|" * len(columns)] + table_rows + [""]
+  return "\n".join(lines)
+
+
 def mean_step_summaries(summaries: list[dict]) -> list[dict]:
   """Per step, the mean over seeds of all / old / new (None where a seed has none)."""
   steps = []
@@ -183,7 +248,7 @@ def main(argv):
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   runs = plan(module, seeds)
-  results, step0_seconds = {}, {}
+  results, step0_seconds, run_dirs = {}, {}, {}
   start = time.time()
   for index, (task, row_name, seed, argument, suffix, step0) in enumerate(runs):
     label = f"{task} seed {seed} {row_name or 'shared step 0'}"
@@ -198,6 +263,7 @@ def main(argv):
       step0_seconds[(task, seed)] = seconds
     else:
       results[(task, row_name, seed)] = (summary, seconds)
+      run_dirs[(task, row_name, seed)] = run_dir
   markdown = table(module, results, seeds)
   step0_minutes = np.mean(list(step0_seconds.values())) / 60 if step0_seconds else 0.0
   total_minutes = (sum(seconds for _, seconds in results.values())
@@ -205,7 +271,10 @@ def main(argv):
   markdown += (f"\nFinal step mIoU (%), mean ± std over seeds {', '.join(map(str, seeds))}; "
                f"\"avg\" is the mean over steps of the all-class mIoU. Minutes per seed "
                f"exclude the shared step 0 ({step0_minutes:.1f} min per task and seed). "
-               f"Whole benchmark: {total_minutes:.0f} min of run time.\n")
+               f"Whole benchmark: {total_minutes:.0f} min of run time. Evaluation: "
+               f"{next(iter(results.values()))[0].get('evaluation') if results else '-'}.\n")
+  markdown += "\n" + ordering_verdict(module, results, seeds)
+  markdown += "\n" + diagnostics_table(module, run_dirs, seeds)
   path = os.path.join(workdir, "benchmark.md")
   with open(path, "w") as f:
     f.write(markdown)

@@ -49,11 +49,12 @@ def time_method(method: str, step: int, iterations: int) -> float:
   variables = incremental.init_variables(model, jax.random.key(2))
   optimizer, _ = train_step_lib.make_optimizer(config.optim, config.optim.lr_incremental, 1000)
   method_functions = methods.build(config, facts, model, teacher_model)
-  train_step = train_step_lib.make_train_step(model, teacher_model, method_functions, optimizer)
+  train_step = train_step_lib.make_train_step(model, teacher_model, method_functions, optimizer,
+                                              iterations_per_epoch=iterations)
   state = train_step_lib.create_train_state(variables, optimizer, method_functions)
   head_channels = config.model.head_channels
   frozen = {"teacher": teacher_variables,
-            "thresholds": jnp.full(num_old, 0.01),
+            "thresholds": jnp.full((1, num_old), 0.01),
             "prototypes": jax.random.normal(jax.random.key(3), (num_old, head_channels)),
             "prototype_seen": jnp.ones(num_old, bool)}
   size, batch_size = config.data.crop_size, config.optim.batch_size
