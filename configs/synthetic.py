@@ -14,8 +14,8 @@ gsc_jax/data/synthetic.py for what each class looks like.
 
 Expected (seed 0, measured on a 2-core AMD EPYC CPU; README "Results", which also gives
 the spread to expect on other machines, about 5 points): 15-1 with MiB in about 3 minutes,
-final mIoU old/new/all 63.5/34.2/56.5; fine-tuning 5.5/6.4/5.7 (it forgets the old
-classes); joint training (offline) 70.0 all.
+final mIoU old/new/all 65.2/41.6/59.6; fine-tuning 5.5/8.6/6.3 (it forgets the old
+classes); joint training (offline) 71.3 all.
 
 The schedule is shortened for the CPU (6 epochs at step 0, 10 per incremental step, lr
 0.05 / 0.01); the other optimiser settings are the published ones.

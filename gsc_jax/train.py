@@ -165,10 +165,15 @@ def report_progress(run: Run, step, iteration, max_iterations, scalars, schedule
       f"lr {lr:.5f} {images_per_second:.1f} img/s ETA {format_duration(eta)}")
   append_jsonl(run.workdir, {"step": step, "iteration": iteration, "lr": lr,
                              "images_per_second": images_per_second, **values})
-  run.events.scalars(iteration, {
-      f"step_{step}/{name}": value for name, value in
-      {**values, "lr": lr, "images_per_second": images_per_second}.items()
-      if np.ndim(value) == 0})
+  # Per-group vectors (the compensation's diagnostics) as one curve per group.
+  curves = {}
+  for name, value in {**values, "lr": lr, "images_per_second": images_per_second}.items():
+    if np.ndim(value) == 0:
+      curves[f"step_{step}/{name}"] = value
+    else:
+      curves.update({f"step_{step}/{name}/{index}": element
+                     for index, element in enumerate(np.ravel(value))})
+  run.events.scalars(iteration, curves)
 
 
 def train_one_step(run: Run, facts: tasks.StepFacts):

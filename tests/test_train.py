@@ -11,6 +11,7 @@ import pytest
 from configs import synthetic
 from gsc_jax import checkpoint
 from gsc_jax import errors
+from gsc_jax import tensorboard
 from gsc_jax import train
 from gsc_jax.methods import gsc
 from gsc_jax import workdir as workdir_lib
@@ -158,6 +159,8 @@ def test_gsc_step_saves_thresholds_prototypes_and_diagnostics(gsc_run):
   assert len(step1[0]["group_means"]) == 1  # FISS at step 1: the base group only
   for name in ("weight_mean", "weight_max", "gradient_share"):
     assert len(step1[0][name]) == 2  # per step of the target class: 0 and 1
+  curves = tensorboard.read_scalars(str(workdir / "tensorboard"))
+  assert {"step_1/weight_max/0", "step_1/weight_max/1", "step_1/nu"} <= set(curves)
   for record in step1:  # shares of one total; none when nu = 0 leaves no CE gradient
     total_share = sum(record["gradient_share"])
     assert np.isclose(total_share, 1.0, rtol=1e-4) or (record["nu"] == 0 and total_share == 0)

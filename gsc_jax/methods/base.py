@@ -11,10 +11,11 @@ The train step (gsc_jax/train_step.py) is generic over it:
 
 ``frozen`` holds what the step reads but never changes: ``frozen["teacher"]`` (the
 previous step's variables) and the results of the method's data passes. A ``DataPass``
-runs over the step's training images (evaluation preprocessing) either BEFORE the step,
-with the teacher (PLOP's entropy thresholds, over one epoch of augmented training batches
-as PLOP does; GSC's prototypes), or AFTER it, with the final model (the first
-reconstruction's prototypes, read by the next step). Its results are saved in ``step_<t>/<name>.npz``.
+runs over the step's training images either BEFORE the step, with the teacher (PLOP's
+entropy thresholds, over one epoch of augmented training batches as PLOP does; GSC's
+prototypes, with evaluation preprocessing), or AFTER it, with the final model (the first
+reconstruction's prototypes, read by the next step). Its results are saved in
+``step_<t>/<name>.npz``.
 """
 
 from collections.abc import Callable
