@@ -46,7 +46,7 @@ def classifier_bias_init(fan_in: int):
 
 
 # Dilations of the three 3x3 pyramid branches per output stride.
-PYRAMID_DILATIONS = {16: (6, 12, 18), 8: (12, 24, 36)}
+PYRAMID_DILATIONS = {16: (6, 12, 18), 8: (12, 24, 32)}  # MiB and PLOP: 32, not 36
 
 
 class ASPPHead(nn.Module):
