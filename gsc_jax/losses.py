@@ -165,16 +165,11 @@ def soft_label_loss(logits, labels, teacher_logits):
   """First reconstruction: soft-label cross-entropy with void pixels zeroed.
 
   Per pixel, ``v = one_hot(y)`` over K channels with its first K_old entries replaced by
-  ``sigmoid(z_old)``; the soft label is ``softmax(v)``; the loss is
-  ``-(1/K) * sum_c softmax(v)_c * log_softmax(z)_c``. Mean over all pixels; pixels
+  ``sigmoid(z_old)`` (``soft_label_targets``); the soft label is ``softmax(v)``; the loss
+  is ``-(1/K) * sum_c softmax(v)_c * log_softmax(z)_c``. Mean over all pixels; pixels
   labelled 255 contribute 0.
   """
-  num_classes = logits.shape[-1]
-  num_old_classes = teacher_logits.shape[-1]
-  targets = one_hot_targets(labels, num_classes).at[..., :num_old_classes].set(jax.nn.sigmoid(teacher_logits))
-  soft_labels = jax.nn.softmax(targets, axis=-1)
-  per_pixel = -jnp.mean(soft_labels * jax.nn.log_softmax(logits, axis=-1), axis=-1)
-  return _mean_over_pixels(per_pixel, labels)
+  return _mean_over_pixels(_soft_label_cross_entropy(logits, labels, teacher_logits), labels)
 
 
 def sharpening_loss(logits):
@@ -194,23 +189,22 @@ def class_relation_loss(logits, labels, teacher_logits, class_weights):
   whole (global) batch; a class missing on either side is left out.
   """
   num_old_classes = teacher_logits.shape[-1]
-  probabilities = jax.nn.softmax(logits, axis=-1)
   predicted = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
-  student_confidence = jnp.max(probabilities, axis=-1)
+  student_confidence = jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
   teacher_confidence = jnp.max(jax.nn.softmax(teacher_logits, axis=-1), axis=-1)
-  classes = jnp.arange(num_old_classes)
-  predicted_as = (predicted[..., None] == classes).astype(logits.dtype)  # [B, H, W, K_old]
-  labelled_as = (labels[..., None] == classes).astype(logits.dtype)
-  axes = (0, 1, 2)
-  student_count = jnp.sum(predicted_as, axis=axes)
-  teacher_count = jnp.sum(labelled_as, axis=axes)
-  student_mean = (jnp.sum(predicted_as * student_confidence[..., None], axis=axes)
-                  / jnp.maximum(student_count, 1.0))
-  teacher_mean = (jnp.sum(labelled_as * teacher_confidence[..., None], axis=axes)
-                  / jnp.maximum(teacher_count, 1.0))
+  student_mean, student_count = _class_means(predicted, student_confidence, num_old_classes)
+  teacher_mean, teacher_count = _class_means(labels, teacher_confidence, num_old_classes)
   present = (student_count > 0) & (teacher_count > 0)
   differences = jnp.where(present, class_weights * jnp.abs(student_mean - teacher_mean), 0.0)
   return jnp.sum(differences) / jnp.maximum(jnp.sum(present), 1)
+
+
+def _class_means(members, values, num_classes: int):
+  """Per class c < num_classes: (mean of ``values`` over the pixels where ``members == c``,
+  0 for an empty class; their count), over the whole batch. 255 is no class."""
+  one_hot = (members[..., None] == jnp.arange(num_classes)).astype(jnp.float32)
+  counts = jnp.sum(one_hot, axis=(0, 1, 2))
+  return jnp.sum(one_hot * values[..., None], axis=(0, 1, 2)) / jnp.maximum(counts, 1.0), counts
 
 
 def temperature_distillation(logits, teacher_logits, soft_temperature, sharp_temperature):
@@ -235,6 +229,14 @@ def soft_label_targets(labels, teacher_logits, num_classes: int):
       jax.nn.sigmoid(teacher_logits.astype(jnp.float32)))
 
 
+def _soft_label_cross_entropy(logits, labels, teacher_logits):
+  """Per pixel [B, H, W]: ``-(1/K) sum_c softmax(v)_c log softmax(z)_c``, v from
+  ``soft_label_targets``."""
+  targets = soft_label_targets(labels, teacher_logits, logits.shape[-1])
+  soft_labels = jax.nn.softmax(targets, axis=-1)
+  return -jnp.mean(soft_labels * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+
+
 def soft_label_loss_all_pixels(logits, labels, teacher_logits):
   """RDP's soft labels (docs/algorithm.md 5.2): cross-entropy to ``softmax(v)``.
 
@@ -243,9 +245,7 @@ def soft_label_loss_all_pixels(logits, labels, teacher_logits):
   void INCLUDED (a pixel labelled 255 still has its teacher part in v), as RDP's and
   FISS's released code (``BCEWithLogitsLossWithIgnoreIndexSoftLabel`` then ``.mean()``).
   """
-  targets = soft_label_targets(labels, teacher_logits, logits.shape[-1])
-  soft_labels = jax.nn.softmax(targets, axis=-1)
-  return jnp.mean(-jnp.mean(soft_labels * jax.nn.log_softmax(logits, axis=-1), axis=-1))
+  return jnp.mean(_soft_label_cross_entropy(logits, labels, teacher_logits))
 
 
 def soft_label_binary_cross_entropy(logits, labels, teacher_logits):
@@ -263,14 +263,14 @@ def soft_label_binary_cross_entropy(logits, labels, teacher_logits):
   return -jnp.mean(per_channel)
 
 
-def mean_weight_per_class(labels, pixel_weights, num_classes: int):
-  """``wbar_c`` [K] = mean of ``pixel_weights`` [B, H, W] over the pixels labelled c, 0 where
-  no pixel is labelled c (FISS's ``efficient_dis_old_class_weight``). Over the whole batch;
-  void pixels count for no class. Pass all-ones weights when there is no compensation."""
-  one_hot = one_hot_targets(labels, num_classes)
-  counts = jnp.sum(one_hot, axis=(0, 1, 2))
-  sums = jnp.sum(one_hot * pixel_weights[..., None], axis=(0, 1, 2))
-  return jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), 0.0)
+def mean_weight_per_class(labels, pixel_weights, num_classes: int, empty_value: float = 0.0):
+  """``wbar_c`` [num_classes] = mean of ``pixel_weights`` [B, H, W] over the pixels labelled
+  c, ``empty_value`` where no pixel is labelled c (0: FISS's
+  ``efficient_dis_old_class_weight``; the first reconstruction used 1 over the K_old old
+  classes). Over the whole batch; void pixels count for no class. Pass all-ones weights
+  when there is no compensation."""
+  means, counts = _class_means(labels, pixel_weights, num_classes)
+  return jnp.where(counts > 0, means, empty_value)
 
 
 def class_relation_loss_all_classes(logits, labels, teacher_logits, class_weights):
@@ -286,20 +286,12 @@ def class_relation_loss_all_classes(logits, labels, teacher_logits, class_weight
   Each of a_c, b_c is 0 where no pixel defines it. The caller applies FISS's 0.5.
   """
   num_classes = logits.shape[-1]
-  classes = jnp.arange(num_classes)
   student_confidence = jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
   predicted = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
   teacher_confidence = jax.lax.stop_gradient(
       jnp.max(jax.nn.softmax(teacher_logits, axis=-1), axis=-1))
-
-  def class_means(members, values):
-    """Per class c, the mean of ``values`` where ``members == c``; 0 for an empty class."""
-    one_hot = (members[..., None] == classes).astype(jnp.float32)  # [B, H, W, K]
-    counts = jnp.sum(one_hot, axis=(0, 1, 2))
-    return jnp.sum(one_hot * values[..., None], axis=(0, 1, 2)) / jnp.maximum(counts, 1.0)
-
   # 255 never equals a class index, so void pixels define no b_c.
-  student_means = class_means(predicted, student_confidence)
-  teacher_means = class_means(labels, teacher_confidence)
+  student_means, _ = _class_means(predicted, student_confidence, num_classes)
+  teacher_means, _ = _class_means(labels, teacher_confidence, num_classes)
   weights = jax.lax.stop_gradient(class_weights)
   return jnp.mean(jnp.abs(weights * student_means - weights * teacher_means))

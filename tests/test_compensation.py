@@ -473,14 +473,14 @@ def test_step_zero_is_identity_without_old_classes():
 
 
 def test_first_mean_weight_per_class():
-  """gsc.first_mean_weight_per_class (first reconstruction): per old class c, the mean
-  weight of its pixels; 1 for a class with no pixel."""
-  from gsc_jax.methods import gsc
+  """losses.mean_weight_per_class as the first reconstruction uses it: per old class c, the
+  mean weight of its pixels; 1 for a class with no pixel."""
+  from gsc_jax import losses
   rng = np.random.default_rng(16)
   _, targets = _batch(17, (3, 2, 1), absent_classes=(2,))
   weights = rng.uniform(0.1, 3.0, size=SHAPE).astype(np.float32)
-  result = np.asarray(gsc.first_mean_weight_per_class(jnp.asarray(targets),
-                                                      jnp.asarray(weights), 5))
+  result = np.asarray(losses.mean_weight_per_class(jnp.asarray(targets),
+                                                   jnp.asarray(weights), 5, empty_value=1.0))
   expected = [weights[targets == c].mean() if (targets == c).any() else 1.0 for c in range(5)]
   assert not (targets == 2).any() and (targets == 5).any()
   np.testing.assert_allclose(result, expected, rtol=RTOL)

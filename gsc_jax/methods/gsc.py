@@ -90,7 +90,7 @@ def training_targets_of(config, facts):
   return training_targets
 
 
-def _class_means(results, previous=None):
+def _prototypes_from_sums(results, previous=None):
   """Prototypes from per-batch (feature sums, counts): ``pseudo_labels.updated_prototypes``."""
   sums = np.sum([np.asarray(s, np.float64) for s, _ in results], axis=0)
   counts = np.sum([np.asarray(c, np.float64) for _, c in results], axis=0)
@@ -115,7 +115,7 @@ def teacher_prototype_pass(teacher_model) -> base.DataPass:
                                                 batch["label"].astype(jnp.int32))
 
   return base.DataPass("teacher_prototypes", batch_statistics,
-                       lambda results, previous: _class_means(results))
+                       lambda results, previous: _prototypes_from_sums(results))
 
 
 def prototype_pass(facts, model, teacher_model, training_targets,
@@ -136,7 +136,7 @@ def prototype_pass(facts, model, teacher_model, training_targets,
     head = model.apply(variables, batch["image"], train=False)["head"]
     return pseudo_labels.prototype_sums(head, targets, num_classes)
 
-  return base.DataPass("prototypes", batch_statistics, _class_means)
+  return base.DataPass("prototypes", batch_statistics, _prototypes_from_sums)
 
 
 def compensation_transform(config, facts):
@@ -146,15 +146,6 @@ def compensation_transform(config, facts):
   return compensation.gradient_compensation(
       facts.classes_per_step, grouping=gsc.groups, magnitude=gsc.magnitude,
       use_exponent=gsc.use_exponent, bound=gsc.bound, ema_decay=gsc.ema_decay)
-
-
-def first_mean_weight_per_class(targets, pixel_weights, num_old_classes: int):
-  """First reconstruction: per old class c, the mean compensation weight of the pixels
-  targeted at c (1 if none)."""
-  one_hot = losses.one_hot_targets(targets, num_old_classes)
-  counts = jnp.sum(one_hot, axis=(0, 1, 2))
-  sums = jnp.sum(one_hot * pixel_weights[..., None], axis=(0, 1, 2))
-  return jnp.where(counts > 0, sums / jnp.maximum(counts, 1.0), 1.0)
 
 
 SOFT_LABEL_LOSSES = {
@@ -183,7 +174,8 @@ def relation_terms(config, facts, compensation_weights):
       class_weights = losses.mean_weight_per_class(targets, weights, facts.num_classes)
       return losses.class_relation_loss_all_classes(logits, targets, teacher_logits,
                                                     class_weights)
-    class_weights = first_mean_weight_per_class(targets, weights, num_old_classes)
+    class_weights = losses.mean_weight_per_class(targets, weights, num_old_classes,
+                                                 empty_value=1.0)
     return losses.class_relation_loss(logits, targets, teacher_logits, class_weights)
 
   def terms(outputs, targets, teacher_outputs, transform_state):
