@@ -283,24 +283,32 @@ def test_label_lut(run: Run, step: int):
                               unseen_as_background=data.eval_unseen == "background")
 
 
+def test_summary(run: Run, facts: tasks.StepFacts, eval_step, variables) -> dict:
+  """The summary (``metrics.summarize_step``) of ``variables`` on the step's test split,
+  with the number of test images and the evaluation protocol; no side effects.
+  ``eval_step``: ``evaluation.make_eval_step`` of the step's model."""
+  indices = run.step_lists.test(facts.step)
+  dataset, num_batches = pipeline.eval_dataset(
+      run.config, run.val_source, indices, test_label_lut(run, facts.step),
+      jax.process_index(), jax.process_count())
+  confusion = evaluation.confusion_matrix(
+      eval_step, variables, mesh_lib.global_batches(dataset, num_batches, run.mesh),
+      facts.num_classes)
+  summary = metrics.summarize_step(confusion, run.task, facts.step)
+  summary["num_test_images"] = int(len(indices))
+  summary["evaluation"] = metrics.evaluation_protocol(run.config.data)
+  return summary
+
+
 def evaluate_step(run: Run, facts: tasks.StepFacts, model, variables) -> dict:
   """Evaluates the step's model on its test split and draws its picture; logs and returns
   the summary."""
   step = facts.step
-  indices = run.step_lists.test(step)
-  label_lut = test_label_lut(run, step)
-  dataset, num_batches = pipeline.eval_dataset(
-      run.config, run.val_source, indices, label_lut, jax.process_index(),
-      jax.process_count())
   start = time.time()
   eval_step = evaluation.make_eval_step(model, facts.num_classes)
-  confusion = evaluation.confusion_matrix(
-      eval_step, variables, mesh_lib.global_batches(dataset, num_batches, run.mesh),
-      facts.num_classes)
-  summary = metrics.summarize_step(confusion, run.task, step)
-  summary["num_test_images"] = int(len(indices))
-  summary["evaluation"] = metrics.evaluation_protocol(run.config.data)
-  log(f"step {step}: evaluated {len(indices)} images in {time.time() - start:.1f} s: "
+  summary = test_summary(run, facts, eval_step, variables)
+  log(f"step {step}: evaluated {summary['num_test_images']} images in "
+      f"{time.time() - start:.1f} s: "
       f"mIoU all {metrics.percent(summary['all'])} old {metrics.percent(summary['old'])} "
       f"new {metrics.percent(summary['new'])}")
   append_jsonl(run.workdir, {"step": step, "eval": summary})

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gsc_jax import errors
 from gsc_jax.models import convert
 from gsc_jax.models import deeplab
 from gsc_jax.models import resnet
@@ -227,3 +228,61 @@ def test_unknown_activation_lists_valid_names():
   model = deeplab.DeepLabV3(classes_per_step=(2,), backbone="resnet_tiny", activation="gelu")
   with pytest.raises(ValueError, match=r"'gelu'.*\['leaky_relu', 'relu'\]"):
     model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+
+
+def released_state_dict(variables, batch_norm_weight):
+  """The PyTorch state dict MiB's / PLOP's IncrementalSegmentationModule would hold for
+  ``variables`` (written out independently of convert.py's mapping)."""
+  params = flax.traverse_util.flatten_dict(variables["params"], sep="/")
+  stats = flax.traverse_util.flatten_dict(variables["batch_stats"], sep="/")
+  stage_layer = {"downsample_conv": "proj_conv", "downsample_bn": "proj_bn"}
+  state = {}
+
+  def torch_name(path):
+    parts = path.split("/")
+    if parts[0] == "backbone":
+      if parts[1] in ("stem_conv", "stem_bn"):
+        return "body.mod1." + {"stem_conv": "conv1", "stem_bn": "bn1"}[parts[1]]
+      stage, block = (int(n) for n in parts[1].replace("stage", "").split("_block"))
+      layer = stage_layer.get(parts[2], "convs." + parts[2])
+      return f"body.mod{stage + 1}.block{block + 1}.{layer}"
+    if parts[0] == "head":
+      if parts[1].startswith("map_conv"):
+        return f"head.map_convs.{parts[1][len('map_conv'):]}"
+      return f"head.{parts[1]}"
+    return f"module.cls.{parts[0].split('_')[1]}"  # the wrapper prefix must be removed
+
+  for path, value in params.items():
+    module, leaf = torch_name(path.rsplit("/", 1)[0]), path.rsplit("/", 1)[1]
+    value = np.asarray(value)
+    if leaf == "kernel":
+      state[f"{module}.weight"] = value.transpose(3, 2, 0, 1)
+    elif leaf == "scale":
+      state[f"{module}.weight"] = batch_norm_weight(value)
+    else:
+      state[f"{module}.bias"] = value
+  for path, value in stats.items():
+    module, leaf = torch_name(path.rsplit("/", 1)[0]), path.rsplit("/", 1)[1]
+    state[f"{module}.running_{leaf}"] = np.asarray(value)
+    state[f"{module}.num_batches_tracked"] = np.array(7)
+  return state
+
+
+@pytest.mark.parametrize("batch_norm, to_weight", [
+    ("batchnorm", lambda scale: scale),
+    ("iabn", lambda scale: scale - convert.IABN_EPSILON)])  # scales are positive here
+def test_whole_released_segmentation_model_converts_to_deeplab_variables(batch_norm, to_weight):
+  model = deeplab.DeepLabV3(classes_per_step=(16, 5), backbone="resnet_tiny", head_channels=8)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  # Distinct values everywhere (BN scales positive, as in-place ABN's |w| + eps is).
+  leaves, treedef = jax.tree.flatten(variables)
+  rng = np.random.default_rng(0)
+  leaves = [np.abs(rng.standard_normal(leaf.shape)).astype(np.float32) + 0.1 for leaf in leaves]
+  variables = jax.tree.unflatten(treedef, leaves)
+  state = released_state_dict(variables, to_weight)
+  converted = convert.convert_segmentation_module(state, "resnet_tiny", batch_norm=batch_norm)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),  # float32 +- eps
+               converted, jax.tree.map(np.asarray, variables))
+  with pytest.raises(errors.InputError, match="not used"):
+    convert.convert_segmentation_module({**state, "head.extra.weight": np.zeros(3)},
+                                        "resnet_tiny", batch_norm=batch_norm)

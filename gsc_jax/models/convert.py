@@ -307,3 +307,70 @@ def pretrained_backbone_variables(path: str, backbone: str, activation: str) -> 
                      f"{metadata['activation']} but model.activation={activation}; set "
                      f"model.activation={metadata['activation']}")
   return variables
+
+
+# --- whole MiB / PLOP segmentation models ---------------------------------------------------
+
+HEAD_CONVOLUTIONS = ("global_pooling_conv", "red_conv", "pool_red_conv")
+HEAD_BATCH_NORMS = ("map_bn", "global_pooling_bn", "red_bn")
+NUM_PYRAMID_CONVOLUTIONS = 4  # map_convs.0 (1x1) and .1-.3 (dilated 3x3)
+SEGMENTATION_BATCH_NORM_SCALES = {"iabn": iabn_scale, "batchnorm": lambda weight: weight}
+
+
+def convert_segmentation_module(state_dict: dict[str, np.ndarray], backbone: str,
+                                batch_norm: str = "iabn") -> dict:
+  """``{"params", "batch_stats"}`` of ``deeplab.DeepLabV3`` from the state dict of MiB's /
+  PLOP's ``IncrementalSegmentationModule`` (a whole trained model, not only a backbone).
+
+  ``body.*`` is their ResNet (the iabn layout above), ``head.map_convs.<i>`` our
+  ``head/map_conv<i>``, ``head.<name>`` our ``head/<name>`` for the other convolutions and
+  BatchNorms, ``cls.<i>`` our ``classifier_<i>`` (kernel and bias). A leading ``module.``
+  (their DistributedDataParallel wrapper) is removed. ``batch_norm`` says how their
+  BatchNorm weight becomes our scale: "iabn" (in-place ABN, |weight| + 1e-5) or
+  "batchnorm" (a plain BatchNorm2d, the weight itself). Every tensor but
+  ``num_batches_tracked`` must be used; anything else is an error.
+  """
+  if batch_norm not in SEGMENTATION_BATCH_NORM_SCALES:
+    raise errors.InputError(f"unknown batch_norm {batch_norm!r}; valid: "
+                            f"{sorted(SEGMENTATION_BATCH_NORM_SCALES)}")
+  scale = SEGMENTATION_BATCH_NORM_SCALES[batch_norm]
+  state_dict = {key.removeprefix("module."): np.asarray(value)
+                for key, value in state_dict.items()}
+  body = convert_state_dict({key.removeprefix("body."): value for key, value in state_dict.items()
+                             if key.startswith("body.")}, backbone,
+                            dataclasses.replace(IABN, batch_norm_scale=scale))
+  used = {key for key in state_dict if key.startswith("body.")}
+
+  def take(key: str) -> np.ndarray:
+    if key not in state_dict:
+      raise errors.InputError(f"the segmentation model state dict has no {key!r}; it is not "
+                              "a MiB/PLOP IncrementalSegmentationModule")
+    used.add(key)
+    return np.asarray(state_dict[key], np.float32)
+
+  def kernel(key: str) -> np.ndarray:
+    return take(key).transpose(2, 3, 1, 0)  # [out, in, kh, kw] -> [kh, kw, in, out]
+
+  head_params = {f"map_conv{index}": {"kernel": kernel(f"head.map_convs.{index}.weight")}
+                 for index in range(NUM_PYRAMID_CONVOLUTIONS)}
+  head_params.update({name: {"kernel": kernel(f"head.{name}.weight")}
+                      for name in HEAD_CONVOLUTIONS})
+  head_stats = {}
+  for name in HEAD_BATCH_NORMS:
+    head_params[name] = {"scale": scale(take(f"head.{name}.weight")),
+                         "bias": take(f"head.{name}.bias")}
+    head_stats[name] = {"mean": take(f"head.{name}.running_mean"),
+                        "var": take(f"head.{name}.running_var")}
+  params = {"backbone": body["params"], "head": head_params}
+  index = 0
+  while f"cls.{index}.weight" in state_dict:
+    params[f"classifier_{index}"] = {"kernel": kernel(f"cls.{index}.weight"),
+                                     "bias": take(f"cls.{index}.bias")}
+    index += 1
+  unused = sorted(key for key in state_dict
+                  if key not in used and not key.endswith(".num_batches_tracked"))
+  if unused or index == 0:
+    raise errors.InputError("the segmentation model state dict does not match DeepLabV3: "
+                            + (f"{len(unused)} tensors not used ({', '.join(unused[:MAX_LISTED])})"
+                               if unused else "no classifier cls.0"))
+  return {"params": params, "batch_stats": {"backbone": body["batch_stats"], "head": head_stats}}

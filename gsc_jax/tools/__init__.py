@@ -24,4 +24,10 @@ training itself is ``python -m gsc_jax.main`` (README).
           --workdir=runs/benchmark
   step_cost            times one train step of each method, relative to fine-tuning:
       python -m gsc_jax.tools.step_cost --config=configs/synthetic.py:15-1 --step=1
+  compare_reference    trains MiB or PLOP with their released code (imported from a
+                       checkout, run by reference_driver.py in an interpreter with torch)
+                       and with gsc_jax on one tree, and compares them step by step
+                       (docs/reference_comparison.md):
+      python -m gsc_jax.tools.compare_reference --method=mib --reference_code=/src/MiB \\
+          --reference_python=/venvs/reference/bin/python --out=runs/compare_mib
 """
