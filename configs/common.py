@@ -61,12 +61,21 @@ def _parse_value(text: str, field_type):
       return True
     if lowered in ("false", "0", "no"):
       return False
-    raise errors.InputError(f"{text!r} is not a boolean (use true or false)")
+    raise ValueError(f"{text!r} is not a boolean")
   if field_type is str:
     return text
   if field_type in (int, float):
     return field_type(text)
   return ast.literal_eval(text)
+
+
+def _type_description(key: str, field_type) -> str:
+  """What a value of the field ``key`` (of ``field_type``) is, for an error message."""
+  descriptions = {int: "an integer", float: "a number", str: "a string",
+                  bool: "a boolean (use true or false)",
+                  tuple: f"a list such as [2] (a comma ends the value here: give "
+                         f"several as --config.{key}='(1,2,4)')"}
+  return descriptions.get(field_type, f"a {getattr(field_type, '__name__', field_type)}")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
@@ -83,10 +92,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
     field_type = node.get_ref(leaf).get_type()
     try:
       node[leaf] = _parse_value(text, field_type)
-    except (ValueError, SyntaxError, TypeError) as error:
+    except (ValueError, SyntaxError, TypeError):
       raise errors.InputError(
-          f"config key {key}={text!r}: {error} (the field takes a "
-          f"{getattr(field_type, '__name__', field_type)})") from None
+          f"config key {key}={text!r} is not {_type_description(key, field_type)}") from None
 
 
 def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:

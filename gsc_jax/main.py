@@ -45,8 +45,10 @@ def main(argv):
     config = _CONFIG.value
     config.method  # pylint: disable=pointless-statement  # a file that failed to load raises here
   except OSError as error:
-    print(f"error: cannot read the --config file: {' '.join(str(error).split())}",
-          file=sys.stderr)
+    text = " ".join(str(error).split())
+    # ml_collections prefixes the reason ("[Errno 2] ...") with how it searched for the file.
+    text = text[text.find("[Errno"):] if "[Errno" in text else text
+    print(f"error: cannot read the --config file: {text}", file=sys.stderr)
     sys.exit(2)
   try:
     workdir = workdir_lib.prepare(config, _WORKDIR.value)
@@ -68,12 +70,21 @@ def parse_flags(argv):
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as error:
     overrides = [arg.split("=")[0] for arg in argv if arg.startswith("--config.")]
-    print(f"error: unknown config field {error} in the overrides {overrides}; every field "
-          "is listed in configs/common.py (get_base_config)", file=sys.stderr)
+    print(f"error: unknown config field {_one_line(error)} (in {', '.join(overrides)}); "
+          "every field is listed in configs/common.py (get_base_config)", file=sys.stderr)
     sys.exit(2)
   except flags.Error as error:
     print(f"error: {_innermost_input_error(error) or error}", file=sys.stderr)
     sys.exit(2)
+
+
+def _one_line(error) -> str:
+  """The text of ``error`` (ml_collections puts a 'Did you mean' hint on a second line)
+  with its lines joined by '; ' and without the quotes a KeyError adds."""
+  text = str(error.args[0]) if error.args else str(error)
+  # An AttributeError that wraps a KeyError holds the KeyError's repr: escaped quotes, \n.
+  text = text.replace("\\n", "\n").replace("\\'", "'")
+  return "; ".join(part.strip(" '\"") for part in text.splitlines() if part.strip())
 
 
 def _innermost_input_error(error):

@@ -12,10 +12,21 @@ from jax.sharding import PartitionSpec
 
 
 def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D "data" mesh over every device. Auto axis type: under the Explicit default a
-  ``bincount`` over a sharded batch raises a sharding type error."""
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  """A 1-D "data" mesh over every device, ordered by process (``process_major``). Auto
+  axis type: under the Explicit default a ``bincount`` over a sharded batch raises a
+  sharding type error."""
+  axis_types = (jax.sharding.AxisType.Auto,)
+  topology_order = jax.make_mesh((jax.device_count(),), ("data",), axis_types=axis_types)
+  return jax.sharding.Mesh(np.array(process_major(topology_order.devices.flat)), ("data",),
+                           axis_types=axis_types)
+
+
+def process_major(devices) -> list:
+  """``devices`` stably sorted by process: each process's devices then form one contiguous
+  block of the batch axis, process ``p`` holding global rows ``[p*B/P, (p+1)*B/P)``, the
+  rows the input pipeline gives it (data/pipeline.py ``ProcessRows``). Within a process the
+  topology order of ``jax.make_mesh`` is kept; one process's mesh is unchanged."""
+  return sorted(devices, key=lambda device: device.process_index)
 
 
 def replicated(mesh) -> NamedSharding:
@@ -39,7 +50,9 @@ def replicated_shapes(shapes, mesh):
 
 
 def to_global_batch(local_batch: dict, mesh) -> dict:
-  """This process's rows -> one global array per key, sharded over the batch axis."""
+  """This process's rows -> one global array per key, sharded over the batch axis: with
+  ``make_mesh``'s device order the global batch is the processes' local batches one after
+  the other, in process order."""
   sharding = batch_sharded(mesh)
   return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
           for key, value in local_batch.items()}

@@ -141,9 +141,11 @@ def write_results_csv(path: str, task: tasks.Task, step_summaries: list[dict]) -
   """One row per step: step, all, old, new, the IoU of every class id, and the evaluation
   protocol in words (``evaluation_protocol``).
 
-  Floats have 4 decimals (fractions, not percent); "x" marks a class not seen yet at that
-  step; an empty cell is a value that does not exist (a seen class without ground-truth
-  pixels, or "new" at step 0).
+  Floats have 4 decimals (fractions, not percent). An empty cell is a value that does not
+  exist: a class not seen yet at that step, a seen class without ground-truth pixels, or
+  "new" at step 0. Every value column is therefore numeric (``pandas.read_csv`` reads the
+  empty cells as NaN, ``csv`` as ""); which classes each step adds is in summary.json
+  ("steps").
   """
   _make_parent_dir(path)
   class_ids = list(range(task.num_classes))
@@ -153,7 +155,7 @@ def write_results_csv(path: str, task: tasks.Task, step_summaries: list[dict]) -
                     + ["evaluation"])
     for summary in step_summaries:
       seen = set(tasks.classes_seen(task, summary["step"]))
-      per_class = [_format_value(_class_iou_of(summary, c)) if c in seen else "x"
+      per_class = [_format_value(_class_iou_of(summary, c) if c in seen else None)
                    for c in class_ids]
       writer.writerow([summary["step"]] + [_format_value(summary.get(key))
                                            for key in ("all", "old", "new")] + per_class

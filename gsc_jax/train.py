@@ -36,6 +36,7 @@ from gsc_jax import methods
 from gsc_jax import metrics
 from gsc_jax import passes
 from gsc_jax import pictures
+from gsc_jax import reporting
 from gsc_jax import tasks
 from gsc_jax import tensorboard
 from gsc_jax import train_step as train_step_lib
@@ -220,13 +221,17 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
                                    process_count=jax.process_count())
   data_iterator = iter(dataset)
   manager = checkpoint.train_manager(run.workdir, step)
-  last_good = manager.latest_step()
-  if last_good is not None:
+  state, last_good = None, None
+  saved = manager.all_steps()
+  if saved:  # the newest checkpoint that passes its checksums; failed ones are moved aside
     abstract_state = mesh_lib.replicated_shapes(jax.eval_shape(
         create_state, step_model.abstract_variables(model, run.mesh)), run.mesh)
-    state = checkpoint.restore_train_state(manager, abstract_state, data_iterator)
+    state, last_good = checkpoint.restore_train_state(manager, abstract_state, data_iterator)
+  if state is not None:
     log(f"step {step}: resumed from iteration {last_good}")
   else:
+    if saved:
+      data_iterator = iter(dataset)  # a failed restore may have moved the first one
     variables = step_model.initial_variables(config, facts, model, frozen.get("teacher"),
                                              run.mesh, log)
     state = jax.jit(create_state, out_shardings=mesh_lib.replicated(run.mesh))(variables)
@@ -387,6 +392,53 @@ def _step_finished(workdir: str, step: int) -> bool:
           and os.path.exists(checkpoint.metrics_path(workdir, step)))
 
 
+def _train_checkpoints_dir(workdir: str, step: int) -> str:
+  return os.path.join(checkpoint.step_dir(workdir, step), "checkpoints")
+
+
+def _remove_train_checkpoints(workdir: str, step: int) -> bool:
+  """Removes step ``step``'s train checkpoints (process 0); the export holds everything
+  later steps need. Returns whether there were any."""
+  directory = _train_checkpoints_dir(workdir, step)
+  if not os.path.exists(directory):
+    return False
+  if jax.process_index() == 0:
+    shutil.rmtree(directory, ignore_errors=True)
+  return True
+
+
+def _remove_leftover_checkpoints(run: Run) -> None:
+  """Removes the train checkpoints that a run killed between a step's metrics.json and
+  their removal left behind, for every finished step of the task, in one log line."""
+  num_steps = len(run.task.steps)
+  removed = [step for step in range(num_steps)
+             if _step_finished(run.workdir, step)
+             and _remove_train_checkpoints(run.workdir, step)]
+  if removed:
+    log(f"removed the train checkpoints left behind by finished step(s) "
+        f"{', '.join(map(str, removed))} (step_<t>/checkpoints; their exports are kept)")
+
+
+def _resume_point(run: Run, first_step: int, last_step: int) -> tuple[int, int | None] | None:
+  """Where the run goes on: the first unfinished step of ``first_step..last_step`` and the
+  iteration of its newest train checkpoint (0 without one; None when the step is trained
+  and only its evaluation is left); None when every step is finished."""
+  for step in range(first_step, last_step + 1):
+    if _step_finished(run.workdir, step):
+      continue
+    if checkpoint.export_exists(run.workdir, step):
+      return step, None
+    if not os.path.exists(_train_checkpoints_dir(run.workdir, step)):
+      return step, 0
+    manager = checkpoint.train_manager(run.workdir, step)
+    try:
+      latest = manager.latest_step()
+    finally:
+      manager.close()
+    return step, 0 if latest is None else int(latest)
+  return None
+
+
 def write_results(run: Run, last_step: int) -> list[dict]:
   """``results.csv``, ``summary.json`` and ``miou.png`` from every finished step."""
   summaries = [checkpoint.read_json(checkpoint.metrics_path(run.workdir, step))
@@ -427,6 +479,10 @@ def _run_steps(run: Run) -> list[dict]:
         f"in {workdir}; run the earlier steps first (or set init_step0_from)")
   log(f"task {config.dataset} {config.task}: {num_steps} steps "
       f"{[list(s) for s in run.task.steps]}; running steps {config.first_step}..{last_step}")
+  _remove_leftover_checkpoints(run)
+  resume_point = _resume_point(run, config.first_step, last_step)
+  if resume_point is not None:
+    reporting.append_restart(workdir, *resume_point)
   for step in range(config.first_step, last_step + 1):
     if _step_finished(workdir, step):
       log(f"step {step}: finished earlier, skipping")
@@ -444,10 +500,7 @@ def _run_steps(run: Run) -> list[dict]:
     summary = evaluate_step(run, facts, model, variables)
     checkpoint.save_step_metrics(workdir, step, summary)
     multihost_utils.sync_global_devices(f"step_{step}_done")
-    if jax.process_index() == 0:
-      # The export holds everything later steps need; the train checkpoints can go.
-      shutil.rmtree(os.path.join(checkpoint.step_dir(workdir, step), "checkpoints"),
-                    ignore_errors=True)
+    _remove_train_checkpoints(workdir, step)
     write_results(run, last_step)
   summaries = write_results(run, last_step)
   log("\n" + metrics.format_table(run.task, summaries))

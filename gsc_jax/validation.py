@@ -4,7 +4,10 @@
 ``validate`` also checks the rules between fields (``CROSS_FIELD_RULES``) and what depends
 on the machine (the global batch must split evenly over the devices). Each error names the
 field, its value and what is valid. The method switches themselves are checked when the
-preset is resolved (gsc_jax/methods/__init__.py: a switch the method does not read).
+preset is resolved (gsc_jax/methods/__init__.py: a switch the method does not read); the
+options of the switches (``gsc.tau``, ``pseudo.thresholds``, ...) here, once every value
+is valid: one the user set where the method never reads it is refused
+(``methods.unread_options``).
 """
 
 import dataclasses
@@ -62,6 +65,16 @@ class Number:
 
 
 @dataclasses.dataclass(frozen=True)
+class OffOrPositive:
+  """-1 (off) or an integer >= 1."""
+
+  def problem(self, value):
+    if isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or value >= 1):
+      return "must be -1 (off) or an integer >= 1"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
 class Flag:
   def problem(self, value):
     return None if isinstance(value, bool) else "must be true or false"
@@ -82,8 +95,9 @@ class PositiveIntegers:
     return None
 
 
-INTEGER = Number(int)
 POSITIVE_INTEGER = Number(int, minimum=1)
+NON_NEGATIVE_INTEGER = Number(int, minimum=0)
+POSITIVE = Number(float, above=0.0)
 NON_NEGATIVE = Number(float, minimum=0.0)
 FRACTION = Number(float, minimum=0.0, maximum=1.0)
 
@@ -93,20 +107,20 @@ FIELDS = {
     "class_order": Text(),
     "overlap": Flag(),
     "method": Choice(methods.names),
-    "seed": INTEGER,
+    "seed": NON_NEGATIVE_INTEGER,  # numpy seed sequences take no negative entry
     "workdir": Text(),
-    "first_step": Number(int, minimum=0),
+    "first_step": NON_NEGATIVE_INTEGER,
     "last_step": Number(int, minimum=-1),
     "init_step0_from": Text(),
     "log_every": POSITIVE_INTEGER,
     "checkpoint_every": POSITIVE_INTEGER,
-    "stop_after_iterations": Number(int, minimum=-1),
+    "stop_after_iterations": OffOrPositive(),
     "data.source": Choice(pipeline.SOURCES),
     "data.root": Text(),
     "data.tfds_dir": Text(),
     "data.split_cache_dir": Text(),
     "data.domain_test_fraction": Number(float, above=0.0, below=1.0),
-    "data.domain_split_seed": INTEGER,
+    "data.domain_split_seed": NON_NEGATIVE_INTEGER,
     "data.num_classes": Number(int, minimum=2, maximum=255),
     "data.void_to_background": Flag(),
     "data.crop_size": POSITIVE_INTEGER,
@@ -121,11 +135,11 @@ FIELDS = {
     "data.eval_unseen": Choice(("ignore", "background")),
     "data.eval_batch_size": POSITIVE_INTEGER,
     "data.num_threads": POSITIVE_INTEGER,
-    "data.prefetch_batches": Number(int, minimum=0),
+    "data.prefetch_batches": NON_NEGATIVE_INTEGER,
     "data.image_size": Number(int, minimum=16),
     "data.num_train_images": POSITIVE_INTEGER,
     "data.num_val_images": POSITIVE_INTEGER,
-    "data.dataset_seed": INTEGER,
+    "data.dataset_seed": NON_NEGATIVE_INTEGER,
     "model.backbone": Choice(lambda: sorted(resnet.BACKBONES)),
     "model.output_stride": Choice((8, 16)),
     "model.head_channels": POSITIVE_INTEGER,
@@ -133,8 +147,8 @@ FIELDS = {
     "model.activation": Choice(tuple(sorted(resnet.ACTIVATIONS))),
     "model.pretrained": Text(),
     "optim.batch_size": POSITIVE_INTEGER,
-    "optim.lr_step0": NON_NEGATIVE,
-    "optim.lr_incremental": NON_NEGATIVE,
+    "optim.lr_step0": POSITIVE,
+    "optim.lr_incremental": POSITIVE,
     "optim.epochs_step0": POSITIVE_INTEGER,
     "optim.epochs_incremental": POSITIVE_INTEGER,
     "optim.momentum": Number(float, minimum=0.0, below=1.0),
@@ -201,9 +215,11 @@ def _cross_field_problems(config) -> list[str]:
   return problems
 
 
-def validate(config, num_devices: int) -> None:
+def validate(config, num_devices: int, set_options: dict | None = None) -> None:
   """Raises ``errors.InputError`` listing every invalid field (after the preset is
-  resolved, so that no field is still unset)."""
+  resolved, so that no field is still unset). ``set_options``: the switch options the user
+  set (``methods.options_set``, taken before the preset); one the method never reads is
+  refused."""
   problems = []
   for path, rule in FIELDS.items():
     value = methods.field(config, path)
@@ -212,6 +228,7 @@ def validate(config, num_devices: int) -> None:
       problems.append(f"{path}={value!r} {problem}")
   if not problems:
     problems += _cross_field_problems(config)
+    problems += methods.unread_options(config, set_options or {})
     for path in ("optim.batch_size", "data.eval_batch_size"):
       if methods.field(config, path) % num_devices:
         problems.append(f"{path}={methods.field(config, path)} must be divisible by the "

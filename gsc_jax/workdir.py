@@ -14,6 +14,7 @@ import time
 
 import jax
 
+from gsc_jax import checkpoint
 from gsc_jax import errors
 from gsc_jax import methods
 from gsc_jax import validation
@@ -56,9 +57,10 @@ def check_same_config(saved: dict, current: dict, workdir: str) -> None:
 def prepare(config, workdir_flag: str | None = None) -> str:
   """Resolves the method preset and the work dir, validates every field before any
   compute, and prints and saves the resolved config. Returns the work dir."""
+  set_options = methods.options_set(config)  # before the preset fills the unset ones
   with config.unlocked():
     filled = methods.resolve_preset(config)
-  validation.validate(config, jax.device_count())
+  validation.validate(config, jax.device_count(), set_options)
   workdir = workdir_flag or config.workdir or default_workdir(config)
   with config.unlocked():
     config.workdir = workdir
@@ -67,8 +69,7 @@ def prepare(config, workdir_flag: str | None = None) -> str:
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path):
-      with open(path) as f:
-        check_same_config(json.load(f), resolved, workdir)
+      check_same_config(checkpoint.read_json(path), resolved, workdir)
     with open(path, "w") as f:
       json.dump(resolved, f, indent=2)
     print(f"work dir: {workdir}")

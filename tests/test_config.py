@@ -106,3 +106,20 @@ def test_prepare_saves_resolved_config_and_refuses_other_settings(tmp_path):
   workdir_lib.prepare(synthetic.get_config("15-1,method=ft,last_step=2"), workdir)  # restartable
   with pytest.raises(ValueError, match="different config"):
     workdir_lib.prepare(synthetic.get_config("15-1,method=ft,seed=5"), workdir)
+
+
+def test_a_bad_value_names_the_type_the_field_takes():
+  with pytest.raises(ValueError, match=r"^config key seed='1.5' is not an integer$"):
+    synthetic.get_config("15-1,seed=1.5")
+  with pytest.raises(ValueError, match=r"loss.pod_scales='2' is not a list such as \[2\].*"
+                                       r"--config.loss.pod_scales='\(1,2,4\)'"):
+    synthetic.get_config("15-1,loss.pod_scales=2")
+
+
+def test_options_set_are_the_user_settings_not_the_preset():
+  config = synthetic.get_config("15-1,method=gsc,gsc.tau=2.0,gsc.groups=fiss")
+  assert methods.options_set(config) == {"gsc.tau": 2.0}  # fiss is the default
+  methods.resolve_preset(config)  # fills pseudo.quantile_* from the preset
+  assert methods.options_set(config).keys() == {"gsc.tau", "pseudo.quantile_start",
+                                                "pseudo.quantile_per_epoch",
+                                                "pseudo.quantile_max"}

@@ -117,12 +117,12 @@ def test_gsc_statistics_are_global(tmp_path):
   """GSC's step 1 on 1 and 4 devices from the same step 0: thresholds, prototypes, nu,
   group means, the loss terms and the exported model agree.
 
-  The incremental learning rate is 0, so every iteration sees the same parameters on 1
-  and 4 devices and any difference can only come from how a statistic is reduced (the
+  The incremental learning rate is 1e-30 (0 is refused): updates that small round away in
+  float32, so every iteration sees the same parameters on 1 and 4 devices and any difference can only come from how a statistic is reduced (the
   BN statistics, also global, still move the running averages)."""
   # The exact quantile thresholds: on so few images the released histogram rule refuses
   # every pixel (nu = 0), which would leave the pseudo-labels untested.
-  common = ("data.num_train_images=40,optim.epochs_incremental=2,optim.lr_incremental=0.0,"
+  common = ("data.num_train_images=40,optim.epochs_incremental=2,optim.lr_incremental=1e-30,"
             "gsc.class_relation=fiss,pseudo.thresholds=median")
   run_on_devices(tmp_path / "step0", 1, ("3-1,method=gsc", common + ",last_step=0"))
   argument = ("3-1,method=gsc", f"{common},init_step0_from={tmp_path / 'step0'}")

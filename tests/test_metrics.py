@@ -112,11 +112,48 @@ def test_results_csv(tmp_path):
   assert rows[0] == ["step", "all", "old", "new", "0", "1", "2", "3", "4", "evaluation"]
   assert rows[1][:4] == ["0", "0.6000", "0.6000", ""]
   assert rows[2][:5] == ["1", "0.6333", "0.7000", "0.5000", "0.8000"]
-  assert rows[1][7:9] == ["x", "x"]  # classes 3 and 4 unseen at step 0
+  assert rows[1][7:9] == ["", ""]    # classes 3 and 4 unseen at step 0
   assert rows[2][6] == ""            # class 2 seen but without ground truth
-  assert rows[2][8] == "x"
-  assert "x" not in rows[3]
+  assert rows[2][8] == ""            # class 4 unseen at step 1
+  assert rows[3][4:9] == ["0.5000", "0.5000", "0.5000", "0.5000", "0.2000"]
   assert len(rows) == 4
+
+
+def _two_step_results_csv(tmp_path):
+  """results.csv of task 2-1 over 4 classes ({0,1,2} then {3}), steps 0 and 1."""
+  task = tasks.get_task("synthetic", "2-1", num_classes=4)
+  summaries = [
+      {"step": 0, "iou": {0: 0.8, 1: 0.6, 2: 0.4, 3: 0.1}, "all": 0.6, "old": 0.6,
+       "new": None},
+      {"step": 1, "iou": {0: 0.7, 1: None, 2: 0.3, 3: 0.5}, "all": 0.5, "old": 0.5,
+       "new": 0.5},
+  ]
+  path = tmp_path / "results.csv"
+  metrics.write_results_csv(str(path), task, summaries)
+  return path
+
+
+def test_results_csv_value_columns_are_numbers_or_empty(tmp_path):
+  with open(_two_step_results_csv(tmp_path), newline="") as file:
+    rows = list(csv.DictReader(file))
+  assert len(rows) == 2
+  for row in rows:
+    for column in ["step", "all", "old", "new", "0", "1", "2", "3"]:
+      if row[column] != "":
+        float(row[column])  # raises on any text cell
+  # Class 3 is unseen at step 0 (even with an IoU in the summary), class 1 has no pixels
+  # at step 1, "new" does not exist at step 0: all three are empty.
+  assert [rows[0]["3"], rows[1]["1"], rows[0]["new"]] == ["", "", ""]
+  assert rows[1]["3"] == "0.5000"
+
+
+def test_results_csv_loads_in_pandas_with_numeric_columns(tmp_path):
+  pandas = pytest.importorskip("pandas")
+  frame = pandas.read_csv(_two_step_results_csv(tmp_path))
+  value_columns = ["all", "old", "new", "0", "1", "2", "3"]
+  assert all(pandas.api.types.is_float_dtype(frame[c]) for c in value_columns)
+  assert frame["3"].isna().tolist() == [True, False]
+  assert frame["0"].mean() == pytest.approx(0.75)
 
 
 def test_results_csv_after_json_round_trip(tmp_path):

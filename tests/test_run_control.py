@@ -36,7 +36,7 @@ def _validated(argument: str, num_devices: int = 1):
     ("15-1,gsc.groups=steps", r"gsc.groups='steps' must be one of: fiss, step, old_new, class"),
     ("15-1,method=gsc,gsc.magnitude=soft", r"gsc.magnitude='soft' must be one of"),
     ("15-1,data.crop_size=0", r"data.crop_size=0 must be >= 1"),
-    ("15-1,optim.lr_step0=-0.1", r"optim.lr_step0=-0.1 must be >= 0.0"),
+    ("15-1,optim.lr_step0=-0.1", r"optim.lr_step0=-0.1 must be > 0.0"),
     ("15-1,optim.momentum=1.0", r"optim.momentum=1.0 must be < 1.0"),
     ("15-1,model.backbone=resnet7", r"model.backbone='resnet7' must be one of: resnet101"),
     ("15-1,data.crop_scale_min=3.0", r"data.crop_scale_min=3.0 is above data.crop_scale_max"),

@@ -55,7 +55,7 @@ def test_two_step_run_writes_results(finished_run):
   assert len(rows) == 3  # header + one row per step
   header = rows[0]
   class4 = header.index(next(h for h in header if h.endswith("4")))
-  assert rows[1][class4] == "x"  # class 4 unseen at step 0
+  assert rows[1][class4] == ""  # class 4 unseen at step 0
   summary = json.load(open(workdir / "summary.json"))
   assert np.isclose(summary["avg"], np.mean([s["all"] for s in summaries]))
   log_lines = [json.loads(line) for line in open(workdir / "log.jsonl")]

@@ -1,9 +1,15 @@
 """grain input pipelines: one per incremental step over that step's image list.
 
-Train: shuffle (reshuffled every epoch) -> repeat -> this process's slice -> label
-transform of the step -> random resized crop, flip, normalise -> batch. Evaluation:
-the step's test images in a fixed order, padded with fully-ignored images to a whole number
-of global batches so every process runs the same number of batches.
+Train: shuffle (reshuffled every epoch) -> repeat -> label transform of the step -> random
+resized crop, flip, normalise -> this process's rows -> batch. Evaluation: the step's test
+images in a fixed order, padded with fully-ignored images to a whole number of global batches
+so every process runs the same number of batches.
+
+Both streams are cut into global batches the same way on any number of processes: global
+batch ``b`` is rows ``[b*B, (b+1)*B)`` of the stream and process ``p`` of ``P`` holds its
+rows ``[p*B/P, (p+1)*B/P)`` (``ProcessRows``), the block ``mesh.to_global_batch`` puts on
+that process's devices. The crop and flip of an image are drawn from its position in the
+global stream, so a run feeds the same augmented global batches on 1 or on ``P`` processes.
 """
 
 import hashlib
@@ -144,6 +150,53 @@ class ApplyLabelLut(grain.transforms.Map):
     return element
 
 
+class ProcessRows(grain.MapDataset):
+  """One process's rows of every global batch of ``parent``.
+
+  Local element ``i`` is row ``i % L`` of this process's block of global batch ``i // L``
+  (``L = B / P``), i.e. element ``(i // L) * B + p * L + i % L`` of ``parent``. Contiguous
+  blocks, not every P-th element, because ``jax.make_array_from_process_local_data`` lays
+  the processes' local batches one after the other (``mesh.make_mesh`` orders the devices by
+  process), so the global batch is the single-process batch element for element.
+  """
+
+  def __init__(self, parent: grain.MapDataset, global_batch_size: int,
+               process_index: int, process_count: int):
+    super().__init__(parent)
+    self.global_batch_size = global_batch_size
+    self.local_batch_size = global_batch_size // process_count
+    self.process_index = process_index
+
+  def __len__(self) -> int:
+    return len(self._parent) // self.global_batch_size * self.local_batch_size
+
+  def parent_index(self, index: int) -> int:
+    """The index in ``parent`` of local element ``index``."""
+    batch, row = divmod(int(index), self.local_batch_size)
+    return (batch * self.global_batch_size + self.process_index * self.local_batch_size
+            + row)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self.parent_index(index)]
+
+  def __str__(self) -> str:
+    return (f"ProcessRows(process={self.process_index}, "
+            f"rows={self.local_batch_size}/{self.global_batch_size})")
+
+
+def augment_seed(seed: int) -> int:
+  """The seed of the crop and flip draws of a train stream seeded with ``seed``.
+
+  Explicit, so that it depends on ``seed`` alone and not on where the random map sits in
+  the pipeline. The value is the one grain derives by default for a random map five
+  transformations below ``.seed(seed)``, where it sat when each process augmented its own
+  slice: one-process runs keep their draws, and their checkpointed iterators resume them.
+  """
+  return int(np.random.SeedSequence([seed, 5]).generate_state(1, dtype=np.uint32)[0])
+
+
 def _read_options(config):
   return grain.ReadOptions(num_threads=config.data.num_threads,
                            prefetch_buffer_size=config.data.prefetch_batches)
@@ -151,7 +204,12 @@ def _read_options(config):
 
 def train_dataset(config, source, indices, label_lut, seed: int,
                   process_index: int, process_count: int) -> grain.IterDataset:
-  """Infinite iterator dataset of this process's share of the global train batches."""
+  """Infinite iterator dataset of this process's rows of the global train batches.
+
+  The global stream (shuffled, repeated, augmented) is the same for any ``process_count``;
+  every image's crop and flip is drawn from ``seed`` and its index in that stream, so the
+  global batches do not depend on how many processes build them (``ProcessRows``).
+  """
   batch_size = config.optim.batch_size
   if batch_size % process_count:
     raise errors.InputError(f"optim.batch_size={batch_size} is not divisible by the "
@@ -161,19 +219,22 @@ def train_dataset(config, source, indices, label_lut, seed: int,
              .seed(seed)
              .shuffle()
              .repeat(None))
-  dataset = dataset[process_index::process_count]
   dataset = dataset.map(ApplyLabelLut(label_lut, source.num_classes))
+  # Before the per-process rows: grain draws from the index in this (global) stream.
+  # Lazy, so each process still reads and augments only its own rows.
   dataset = dataset.random_map(transforms.TrainAugment(
       data.crop_size, scale=(data.crop_scale_min, data.crop_scale_max),
       ratio=(data.crop_ratio_min, data.crop_ratio_max),
-      flip_probability=data.flip_probability))
+      flip_probability=data.flip_probability), seed=augment_seed(seed))
+  dataset = ProcessRows(dataset, batch_size, process_index, process_count)
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
   return dataset.to_iter_dataset(_read_options(config))
 
 
 def eval_dataset(config, source, indices, label_lut,
                  process_index: int, process_count: int) -> tuple[grain.IterDataset, int]:
-  """This process's evaluation batches and their number (same on every process)."""
+  """This process's evaluation batches and their number (same on every process); global
+  batch ``b`` is padded images ``[b*G, (b+1)*G)`` in order on any number of processes."""
   data = config.data
   global_batch = data.eval_batch_size
   if global_batch % process_count:
@@ -191,7 +252,7 @@ def eval_dataset(config, source, indices, label_lut,
     raise errors.InputError(f"unknown data.eval_mode {data.eval_mode!r}; valid: center_crop, full")
   dataset = grain.MapDataset.source(
       SubsetSource(source, padded, blank_shape=(data.eval_size, data.eval_size)))
-  dataset = dataset[process_index::process_count]
+  dataset = ProcessRows(dataset, global_batch, process_index, process_count)
   dataset = dataset.map(ApplyLabelLut(label_lut, source.num_classes))
   dataset = dataset.map(preprocess)
   dataset = dataset.batch(global_batch // process_count, drop_remainder=True)

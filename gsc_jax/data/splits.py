@@ -11,7 +11,9 @@ the scan and each step's list are cached under ``data.split_cache_dir``:
 
 The fingerprint (``source.fingerprint()``) covers the list file and the size and time of
 every label file, so lists of changed data are never reused. A cached list whose content
-hash or names do not match is computed again, with a note. Sources without a fingerprint
+hash or names do not match is computed again, with a note; a cache file that cannot be read
+(garbled JSON or npz, missing fields) is named in a warning, computed again and rewritten.
+Sources without a fingerprint
 (the synthetic dataset, whose labels come from code) are scanned in memory only.
 
 Domain-incremental tasks (Cityscapes) select by city. All images of the train and val
@@ -28,6 +30,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 import zlib
 
 import numpy as np
@@ -77,18 +80,61 @@ def label_classes(source, description: str, source_cache_dir: str | None) -> lis
   """The distinct label values of every image, from the cache or a scan (then cached)."""
   path = source_cache_dir and os.path.join(source_cache_dir, "label_classes.npz")
   if path and os.path.exists(path):
-    with np.load(path) as cached:
-      values, offsets = cached["values"], cached["offsets"]
-    if len(offsets) == len(source) + 1:
-      return [values[offsets[i]:offsets[i + 1]] for i in range(len(source))]
-    print(f"note: {path} does not match the {len(source)} images; scanning again",
-          file=sys.stderr)
+    cached = _read_label_classes(path)
+    if cached is not None and len(cached) == len(source):
+      return cached
+    if cached is not None:
+      print(f"note: {path} does not match the {len(source)} images; scanning again",
+            file=sys.stderr)
   classes = _scan(source, description)
   if path:
     offsets = np.cumsum([0] + [len(c) for c in classes])
     values = np.concatenate(classes).astype(np.uint8)
     atomic_files.write_atomically(path, lambda tmp: _write_npz(tmp, values=values, offsets=offsets))
   return classes
+
+
+def _warn_corrupt(path: str, reason: str, redo: str) -> None:
+  print(f"warning: the split cache file {path} is corrupt ({reason}); {redo} and rewriting "
+        "it", file=sys.stderr)
+
+
+def _read_label_classes(path: str) -> list[np.ndarray] | None:
+  """The per-image label values cached in ``path``; None (after a warning naming the
+  file) when it cannot be read."""
+  try:
+    with np.load(path) as cached:
+      values, offsets = cached["values"], cached["offsets"]
+  except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError,
+          zipfile.BadZipFile, zlib.error) as error:  # what a garbled npz raises
+    _warn_corrupt(path, f"{type(error).__name__}: {error}", "scanning the labels again")
+    return None
+  if (values.ndim != 1 or offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0
+      or offsets[-1] != len(values) or np.any(np.diff(offsets) < 0)):
+    _warn_corrupt(path, "its offsets do not index its values", "scanning the labels again")
+    return None
+  return [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def _read_cached_list(path: str, num_images: int) -> dict | None:
+  """The cached image list record in ``path``, with in-range integer indices, a names list
+  and a content hash; None (after a warning naming the file) when it cannot be read."""
+  try:
+    with open(path) as f:
+      cached = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    _warn_corrupt(path, f"{type(error).__name__}: {error}", "computing the list again")
+    return None
+  valid = (isinstance(cached, dict)
+           and isinstance(cached.get("indices"), list)
+           and all(isinstance(i, int) and 0 <= i < num_images for i in cached["indices"])
+           and isinstance(cached.get("names"), list)
+           and isinstance(cached.get("content_hash"), str))
+  if not valid:
+    _warn_corrupt(path, "no valid indices, names and content_hash fields",
+                  "computing the list again")
+    return None
+  return cached
 
 
 def content_hash(names) -> str:
@@ -136,9 +182,8 @@ class StepLists:
   def _indices(self, split: str, step: int) -> np.ndarray:
     source = self.sources[split]
     path = self._cache_path(split, step)
-    if path and os.path.exists(path):
-      with open(path) as f:
-        cached = json.load(f)
+    cached = _read_cached_list(path, len(source)) if path and os.path.exists(path) else None
+    if cached is not None:
       names = [source.name(i) for i in cached["indices"]]
       if names == cached["names"] and content_hash(names) == cached["content_hash"]:
         return np.asarray(cached["indices"], np.int64)

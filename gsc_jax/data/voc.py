@@ -54,8 +54,10 @@ def _relative_to_root(root: str, path: str) -> str:
 
 
 def parse_list_file(root: str, list_path: str) -> list[tuple[str, str, str]]:
-  """The (name, image path, label path) of every non-blank line of ``list_path``."""
+  """The (name, image path, label path) of every non-blank line of ``list_path``; an id
+  listed twice is an error naming both lines (it would count the image twice)."""
   entries = []
+  first_line_of = {}
   with open(list_path) as list_file:
     for line_number, line in enumerate(list_file, start=1):
       fields = line.split()
@@ -73,6 +75,11 @@ def parse_list_file(root: str, list_path: str) -> list[tuple[str, str, str]]:
         raise errors.InputError(
             f"{list_path}:{line_number}: expected an image id or 'image_path label_path', "
             f"got {len(fields)} fields: {line.strip()!r}")
+      if name in first_line_of:
+        raise errors.InputError(
+            f"{list_path}:{line_number}: id {name!r} is listed again (first on line "
+            f"{first_line_of[name]}); remove the duplicated line")
+      first_line_of[name] = line_number
       entries.append((name, image_path, label_path))
   if not entries:
     raise errors.InputError(f"list file {list_path!r} has no entries; it should list one image "

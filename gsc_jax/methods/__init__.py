@@ -17,12 +17,15 @@ is the same for every method (the plain cross-entropy on the step's labels; see
 
 The method switches (``SWITCHES``) belong to the methods whose ``PRESET`` names them: a
 switch set to something other than its neutral value for a method that does not read it
-is an error, never silently ignored.
+is an error, never silently ignored. So is an option of a switch (``OPTION_SWITCHES``, e.g.
+``gsc.tau``) set away from its default where it is never read: for a method without the
+switch, or with the switch off (``unread_options``).
 """
 
 import importlib
 import pkgutil
 
+from configs import common as config_common
 from gsc_jax import errors
 from gsc_jax import tasks
 from gsc_jax.methods import base
@@ -43,6 +46,40 @@ SWITCHES = {
     "gsc.compensation": False,
     "gsc.relation": False,
     "gsc.prototypes": False,
+}
+# Every switch option with the switches that make it read: only the methods whose PRESET
+# names one of them read it, and only while one of them is on. An option set away from its
+# base default (configs/common.py) where it is never read is an error.
+_OPTIONS_OF_SWITCHES = {
+    ("loss.kd_weight",): ("loss.kd_alpha",),
+    ("loss.pod_weight", "loss.pod_logits_weight"): ("loss.pod_scales",),
+    ("pseudo.entropy",): ("pseudo.thresholds", "pseudo.threshold_floor",
+                          "pseudo.quantile_start", "pseudo.quantile_per_epoch",
+                          "pseudo.quantile_max"),
+    # nu weights the pseudo-labels of PLOP's entropy rule and of GSC's re-labelling alike.
+    ("pseudo.entropy", "gsc.prototypes"): ("pseudo.adaptive_factor",),
+    ("gsc.compensation",): ("gsc.groups", "gsc.magnitude", "gsc.use_exponent", "gsc.bound",
+                            "gsc.ema_decay"),
+    ("gsc.relation",): ("gsc.relation_form", "gsc.soft_label_form", "gsc.soft_label_weight",
+                        "gsc.sharpening_weight", "gsc.class_relation",
+                        "gsc.class_relation_weight", "gsc.temperature_kd_weight",
+                        "gsc.soft_temperature", "gsc.sharp_temperature"),
+    ("gsc.prototypes",): ("gsc.prototype_source", "gsc.similarity", "gsc.tau", "gsc.relabel",
+                          "gsc.theta"),
+}
+OPTION_SWITCHES = {option: switches for switches, options in _OPTIONS_OF_SWITCHES.items()
+                   for option in options}
+# Options read only when another field has one of some values (gsc.py's relation terms and
+# re-labelling rules).
+_SOFT_SHARP = ("gsc.relation_form", ("soft_sharp",))
+_TEMPERATURE = ("gsc.relation_form", ("temperature",))
+OPTION_CONDITIONS = {
+    "gsc.soft_label_form": _SOFT_SHARP, "gsc.soft_label_weight": _SOFT_SHARP,
+    "gsc.sharpening_weight": _SOFT_SHARP, "gsc.class_relation": _SOFT_SHARP,
+    "gsc.class_relation_weight": ("gsc.class_relation", ("fiss", "first")),
+    "gsc.temperature_kd_weight": _TEMPERATURE, "gsc.soft_temperature": _TEMPERATURE,
+    "gsc.sharp_temperature": _TEMPERATURE,
+    "gsc.theta": ("gsc.relabel", ("first",)),
 }
 # Parts that act on old classes hidden in the background, or on groups of classes added
 # by a step: a domain-incremental task (Cityscapes) has neither, as every step labels every
@@ -74,6 +111,52 @@ def field(config, path: str):
 def _set(config, path: str, value) -> None:
   section, name = path.split(".")
   config[section][name] = value
+
+
+def _reading_methods(switches) -> list[str]:
+  """The methods whose preset names one of ``switches``."""
+  return [name for name in names() if any(path in module_of(name).PRESET for path in switches)]
+
+
+def _switched_on_condition(switches) -> str:
+  """``gsc.relation=true`` / ``loss.kd_weight>0``, joined by ``or``."""
+  return " or ".join(f"{path}=true" if isinstance(SWITCHES[path], bool) else f"{path}>0"
+                     for path in switches)
+
+
+def options_set(config) -> dict:
+  """The switch options (``OPTION_SWITCHES``) whose value differs from the base config's
+  (configs/common.py ``get_base_config``): what the user set. Call it before
+  ``resolve_preset``, which fills the unset ones."""
+  defaults = config_common.get_base_config(config.dataset, config.task)
+  return {option: field(config, option) for option in OPTION_SWITCHES
+          if field(config, option) not in (None, field(defaults, option))}
+
+
+def unread_options(config, set_options: dict) -> list[str]:
+  """One line per option of ``set_options`` (``options_set``) that ``config.method`` never
+  reads once its preset is resolved: the method's preset names none of the option's
+  switches, every one of them is off, or the field that selects it (``OPTION_CONDITIONS``)
+  selects something else."""
+  module = module_of(config.method)
+  problems = []
+  for option, value in set_options.items():
+    switches = OPTION_SWITCHES[option]
+    if not any(path in module.PRESET for path in switches):
+      readers = _reading_methods(switches)
+      problems.append(f"{option}={value!r} is not read by method {config.method} (only by "
+                      f"{' and '.join(readers)}); remove it or use "
+                      + (f"method={readers[0]}" if len(readers) == 1 else "one of those"))
+    elif all(field(config, path) in (None, SWITCHES[path]) for path in switches):
+      problems.append(f"{option}={value!r} is only read with "
+                      f"{_switched_on_condition(switches)}; remove it or switch that on")
+    elif option in OPTION_CONDITIONS:
+      path, values = OPTION_CONDITIONS[option]
+      if field(config, path) not in values:
+        problems.append(f"{option}={value!r} is only read with "
+                        f"{' or '.join(f'{path}={v}' for v in values)}, not "
+                        f"{path}={field(config, path)}; remove it or set {path}")
+  return problems
 
 
 def resolve_preset(config) -> list[str]:

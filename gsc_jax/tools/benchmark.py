@@ -31,6 +31,7 @@ import numpy as np
 from configs import common
 from gsc_jax import checkpoint
 from gsc_jax import pictures
+from gsc_jax import reporting
 from gsc_jax import train
 from gsc_jax import workdir as workdir_lib
 from gsc_jax import errors
@@ -151,17 +152,37 @@ def run_diagnostics(log_path: str) -> dict:
   """Means over the logged iterations of a run's incremental steps: nu (the share of
   background pixels given a pseudo-label), and, with compensation, the mean weight of the
   old classes' pixels, the largest weight, and the current step's share of the
-  cross-entropy's logit-gradient mass."""
-  records = [json.loads(line) for line in open(log_path)]
-  records = [r for r in records if "loss" in r and r.get("step", 0) > 0]
+  cross-entropy's logit-gradient mass. The log is read as its final history
+  (``reporting.read_log_file``: iterations re-run after a restart count once); values
+  logged as null (non-finite) are left out of the means."""
+  records = [r for r in reporting.read_log_file(log_path)
+             if "loss" in r and r.get("step", 0) > 0]
   found = {}
   if records and "nu" in records[0]:
-    found["nu"] = float(np.mean([r["nu"] for r in records]))
+    found["nu"] = _mean_of_logged([r["nu"] for r in records])
   if records and "weight_mean" in records[0]:
-    found["old_weight_mean"] = float(np.mean([np.mean(r["weight_mean"][:-1]) for r in records]))
-    found["weight_max"] = float(np.max([np.max(r["weight_max"]) for r in records]))
-    found["new_gradient_share"] = float(np.mean([r["gradient_share"][-1] for r in records]))
+    found["old_weight_mean"] = _mean_of_logged(
+        [_mean_of_logged(r["weight_mean"][:-1]) for r in records])
+    found["weight_max"] = _max_of_logged([_max_of_logged(r["weight_max"]) for r in records])
+    found["new_gradient_share"] = _mean_of_logged([r["gradient_share"][-1] for r in records])
   return found
+
+
+def _reduce_logged(values, reduce) -> float:
+  """``reduce`` (np.mean, np.max) of the logged values that are not null (a non-finite
+  value); NaN when all are null."""
+  floats = np.asarray([np.nan if v is None else v
+                       for v in np.ravel(np.asarray(values, object))], np.float64)
+  finite = floats[np.isfinite(floats)]
+  return float(reduce(finite)) if finite.size else float("nan")
+
+
+def _mean_of_logged(values) -> float:
+  return _reduce_logged(values, np.mean)
+
+
+def _max_of_logged(values) -> float:
+  return _reduce_logged(values, np.max)
 
 
 def diagnostics_table(module, run_dirs: dict, seeds) -> str:
