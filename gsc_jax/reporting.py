@@ -17,7 +17,7 @@ reported again. ``read_log`` gives the final history, by this rule: a restart at
 drops every record written before it of step t with an iteration above i (all of them
 when i is 0), the evaluation of step t and every record of later steps; of what is left,
 the record written last of each (step, iteration) and each step's evaluation is kept.
-Every reader of the log (gsc_jax/tools/benchmark.py, the tests) goes through ``read_log``.
+Read the log through ``read_log`` (gsc_jax/tools/benchmark.py does), not line by line.
 """
 
 import json
