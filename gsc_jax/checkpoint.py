@@ -27,6 +27,7 @@ step resumes from the newest good one, or from its beginning when none is left.
 import hashlib
 import json
 import os
+import shutil
 import zipfile
 import zlib
 
@@ -113,13 +114,12 @@ def checksum_problem(directory: str, shown_under: str = "") -> str | None:
   and SHA-256; otherwise what is wrong, naming the first bad file (its path relative to
   ``directory``, joined to ``shown_under``). Files that are not listed are not read."""
   try:
-    with open(os.path.join(directory, CHECKSUMS_FILE)) as f:
-      listed = json.load(f)["files"]
+    listed = read_json(os.path.join(directory, CHECKSUMS_FILE))["files"]
     expected = {str(relative): (int(entry["size"]), str(entry["sha256"]))
                 for relative, entry in listed.items()}
   except FileNotFoundError:
     return f"no {os.path.join(shown_under, CHECKSUMS_FILE)} (its save never completed)"
-  except (OSError, ValueError, KeyError, TypeError, AttributeError):
+  except (errors.InputError, OSError, ValueError, KeyError, TypeError, AttributeError):
     return f"{os.path.join(shown_under, CHECKSUMS_FILE)} is corrupt"
   for relative, (size, _) in sorted(expected.items()):  # sizes first: quick, finds truncation
     path, shown = os.path.join(directory, relative), os.path.join(shown_under, relative)
@@ -146,6 +146,24 @@ def _agreed(problem: str | None) -> str | None:
 
 # --- train state inside a step -------------------------------------------------------------
 
+TRAIN_CHECKPOINTS_DIR = "checkpoints"
+
+
+def train_checkpoints_dir(workdir: str, step: int) -> str:
+  return os.path.join(step_dir(workdir, step), TRAIN_CHECKPOINTS_DIR)
+
+
+def remove_train_checkpoints(workdir: str, step: int) -> bool:
+  """Removes step ``step``'s train checkpoints (process 0); the export holds everything
+  later steps need. Returns whether there were any."""
+  directory = train_checkpoints_dir(workdir, step)
+  if not os.path.exists(directory):
+    return False
+  if jax.process_index() == 0:
+    shutil.rmtree(directory, ignore_errors=True)
+  return True
+
+
 class TrainCheckpoints:
   """The two newest train-state checkpoints of one incremental step (an orbax
   ``CheckpointManager``, which saves in the background); each gets its checksums once
@@ -153,7 +171,7 @@ class TrainCheckpoints:
 
   def __init__(self, workdir: str, step: int):
     self.workdir, self.step = os.path.abspath(workdir), step
-    self.directory = os.path.join(step_dir(workdir, step), "checkpoints")
+    self.directory = train_checkpoints_dir(workdir, step)
     options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._unsealed = None  # the iteration saved last, whose checksums are not written yet
@@ -227,7 +245,7 @@ class TrainCheckpoints:
           state = self._restore(iteration, abstract_state, data_iterator)
         except Exception as error:  # pylint: disable=broad-except
           problem = f"cannot be restored ({type(error).__name__}: {_first_line(error)})"
-      problem = _agreed(problem)
+        problem = _agreed(problem)
       if problem is None:
         if index > 0:
           reporting.append_restart(self.workdir, self.step, iteration)
@@ -252,20 +270,15 @@ def train_manager(workdir: str, step: int) -> TrainCheckpoints:
   return TrainCheckpoints(workdir, step)
 
 
-def save_train_state(manager: TrainCheckpoints, iteration: int, state, data_iterator) -> None:
-  manager.save(iteration, state, data_iterator)
-
-
-def restore_train_state(manager: TrainCheckpoints, abstract_state, data_iterator):
-  """``manager.restore_newest_good``: ``(state, iteration)`` of the newest good checkpoint,
-  ``(None, None)`` when there is none."""
-  return manager.restore_newest_good(abstract_state, data_iterator)
-
-
 # --- the export handed to the next step ----------------------------------------------------
 
+def export_meta_path(workdir: str, step: int) -> str:
+  """``step_<t>/export_meta.json``, written last: the export is complete."""
+  return os.path.join(step_dir(workdir, step), "export_meta.json")
+
+
 def export_exists(workdir: str, step: int) -> bool:
-  return os.path.exists(os.path.join(step_dir(workdir, step), "export_meta.json"))
+  return os.path.exists(export_meta_path(workdir, step))
 
 
 def export_path(workdir: str, step: int) -> str:
@@ -280,16 +293,15 @@ def save_export(workdir: str, step: int, variables, meta: dict) -> None:
   checkpointer.save(path, variables, force=True)
   checkpointer.wait_until_finished()
   write_checksums(path)
-  write_json(os.path.join(step_dir(workdir, step), "export_meta.json"),
-             {**meta, "checksums": CHECKSUMS_FILE})
+  write_json(export_meta_path(workdir, step), {**meta, "checksums": CHECKSUMS_FILE})
 
 
 def verify_export(workdir: str, step: int) -> dict:
   """Step ``step``'s export metadata, once the export's files pass their checksums; an
   ``errors.InputError`` naming the bad file otherwise. An export saved before checksums
   existed (no ``checksums`` in its metadata) is read unchecked, saying so."""
-  meta_path = os.path.join(step_dir(workdir, step), "export_meta.json")
-  if not os.path.exists(meta_path):
+  meta_path = export_meta_path(workdir, step)
+  if not export_exists(workdir, step):
     raise errors.MissingFileError(
         f"no finished export of step {step} in {step_dir(workdir, step)}: run that step first")
   meta = read_json(meta_path)
@@ -350,7 +362,7 @@ def _corrupt_pass_result(workdir: str, step: int, path: str, reason: str):
   """The error for a pass result that cannot be read, with what to do about it."""
   if export_exists(workdir, step):  # a result saved with step t's finished export
     remedy = (f"it belongs to the finished export of step {step}: delete it and "
-              f"{os.path.join(step_dir(workdir, step), 'export_meta.json')}, and run again "
+              f"{export_meta_path(workdir, step)}, and run again "
               f"to train step {step} again")
   else:  # a pass before step t: computed again when missing
     remedy = f"delete it and run again: step {step} computes it again"

@@ -185,11 +185,9 @@ def teacher_prototype_sums(teacher_features, teacher_logits, labels):
   small_labels = resize_labels_nearest(labels, height, width)
   small_labels = jnp.where(small_labels == 0, jnp.argmax(teacher_logits, axis=-1),
                            small_labels)
-  # New classes (>= K_old) and 255 both fall outside the K_old one-hot: zero rows.
-  one_hot = losses.one_hot_targets(
-      jnp.where(small_labels < num_old_classes, small_labels, IGNORE_LABEL), num_old_classes)
-  sums = jnp.einsum("bhwk,bhwc->kc", one_hot, teacher_features.astype(jnp.float32))
-  return sums, jnp.sum(one_hot, axis=(0, 1, 2))
+  # New classes (>= K_old) and 255 fall outside the K_old one-hot: zero rows. The labels
+  # are at feature resolution already, so prototype_sums' resize keeps them as they are.
+  return prototype_sums(teacher_features, small_labels, num_old_classes)
 
 
 def updated_prototypes(previous_prototypes, previous_seen, sums, counts):

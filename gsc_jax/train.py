@@ -105,6 +105,16 @@ class StopSignals:
 
 # --- one incremental step ------------------------------------------------------------------
 
+def step_train_dataset(run: Run, step: int):
+  """This process's rows of the augmented stream step ``step`` trains on."""
+  config = run.config
+  return pipeline.train_dataset(
+      config, run.train_source, run.step_lists.train(step),
+      tasks.train_label_lut(run.task, step, config.data.void_to_background),
+      seed=config.seed * 1000 + step, process_index=jax.process_index(),
+      process_count=jax.process_count())
+
+
 def step_pass_batches(run: Run, step: int, augmented: bool = False):
   """One deterministic pass over step ``step``'s training images with its train labels, as
   global batches: every image once with evaluation preprocessing (padded with ignored
@@ -187,7 +197,8 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
                             f"global batch (optim.batch_size={config.optim.batch_size})")
   epochs = config.optim.epochs_step0 if step == 0 else config.optim.epochs_incremental
   base_lr = config.optim.lr_step0 if step == 0 else config.optim.lr_incremental
-  max_iterations = epochs * (len(indices) // config.optim.batch_size)
+  iterations_per_epoch = len(indices) // config.optim.batch_size
+  max_iterations = epochs * iterations_per_epoch
   log(f"step {step}: classes {list(facts.classes)}, {len(indices)} training images, "
       f"{max_iterations} iterations ({epochs} epochs), lr {base_lr}, "
       f"K_old={facts.num_old_classes}")
@@ -208,17 +219,13 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
 
   optimizer, schedule = train_step_lib.make_optimizer(config.optim, base_lr, max_iterations)
   train_step = jax.jit(train_step_lib.make_train_step(
-      model, teacher_model, method, optimizer, len(indices) // config.optim.batch_size),
+      model, teacher_model, method, optimizer, iterations_per_epoch),
                        donate_argnums=(0,))
 
   def create_state(variables):
     return train_step_lib.create_train_state(variables, optimizer, method)
 
-  label_lut = tasks.train_label_lut(run.task, step, config.data.void_to_background)
-  dataset = pipeline.train_dataset(config, run.train_source, indices, label_lut,
-                                   seed=config.seed * 1000 + step,
-                                   process_index=jax.process_index(),
-                                   process_count=jax.process_count())
+  dataset = step_train_dataset(run, step)
   data_iterator = iter(dataset)
   manager = checkpoint.train_manager(run.workdir, step)
   state, last_good = None, None
@@ -226,7 +233,7 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
   if saved:  # the newest checkpoint that passes its checksums; failed ones are moved aside
     abstract_state = mesh_lib.replicated_shapes(jax.eval_shape(
         create_state, step_model.abstract_variables(model, run.mesh)), run.mesh)
-    state, last_good = checkpoint.restore_train_state(manager, abstract_state, data_iterator)
+    state, last_good = manager.restore_newest_good(abstract_state, data_iterator)
   if state is not None:
     log(f"step {step}: resumed from iteration {last_good}")
   else:
@@ -250,19 +257,19 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
       if unchecked is not None:
         check_finite(unchecked, step, iteration - 1, last_good)
       unchecked = scalars
-      reporting = iteration % config.log_every == 0 or iteration == max_iterations
+      reporting_now = iteration % config.log_every == 0 or iteration == max_iterations
       stopping = run.stop.received is not None
       saving = ((iteration % config.checkpoint_every == 0 or stopping)
                 and iteration < max_iterations)
-      if reporting or saving:  # nothing is reported or saved from a non-finite iteration
+      if reporting_now or saving:  # nothing is reported or saved from a non-finite iteration
         check_finite(scalars, step, iteration, last_good)
         unchecked = None
-      if reporting:
+      if reporting_now:
         report_progress(run, step, iteration, max_iterations, scalars, schedule,
                         (time.time() - interval_start) / interval_iterations)
         interval_start, interval_iterations = time.time(), 0
       if saving:
-        checkpoint.save_train_state(manager, iteration, state, data_iterator)
+        manager.save(iteration, state, data_iterator)
         last_good = iteration
       if stopping:
         raise errors.RunStopped(f"{run.stop.received}: stopped at step {step} iteration "
@@ -360,9 +367,8 @@ def _reuse_step0(run: Run, other_workdir: str) -> None:
   if not checkpoint.export_exists(other_workdir, 0):
     raise errors.MissingFileError(
         f"init_step0_from={other_workdir!r} has no finished step-0 export (expected "
-        f"{checkpoint.step_dir(other_workdir, 0)}/export_meta.json)")
-  other_meta = checkpoint.read_json(
-      os.path.join(checkpoint.step_dir(other_workdir, 0), "export_meta.json"))
+        f"{checkpoint.export_meta_path(other_workdir, 0)})")
+  other_meta = checkpoint.read_json(checkpoint.export_meta_path(other_workdir, 0))
   own_meta = step_model.export_meta(run.config, run.task, 0)
   for key in ("dataset", "classes_per_step", "model"):
     if other_meta.get(key) != own_meta[key]:
@@ -376,7 +382,7 @@ def _reuse_step0(run: Run, other_workdir: str) -> None:
     source, target = checkpoint.step_dir(other_workdir, 0), checkpoint.step_dir(run.workdir, 0)
     os.makedirs(target, exist_ok=True)
     for name in os.listdir(source):
-      if name == "checkpoints":
+      if name == checkpoint.TRAIN_CHECKPOINTS_DIR:
         continue
       path = os.path.join(source, name)
       if os.path.isdir(path):
@@ -392,28 +398,13 @@ def _step_finished(workdir: str, step: int) -> bool:
           and os.path.exists(checkpoint.metrics_path(workdir, step)))
 
 
-def _train_checkpoints_dir(workdir: str, step: int) -> str:
-  return os.path.join(checkpoint.step_dir(workdir, step), "checkpoints")
-
-
-def _remove_train_checkpoints(workdir: str, step: int) -> bool:
-  """Removes step ``step``'s train checkpoints (process 0); the export holds everything
-  later steps need. Returns whether there were any."""
-  directory = _train_checkpoints_dir(workdir, step)
-  if not os.path.exists(directory):
-    return False
-  if jax.process_index() == 0:
-    shutil.rmtree(directory, ignore_errors=True)
-  return True
-
-
 def _remove_leftover_checkpoints(run: Run) -> None:
   """Removes the train checkpoints that a run killed between a step's metrics.json and
   their removal left behind, for every finished step of the task, in one log line."""
   num_steps = len(run.task.steps)
   removed = [step for step in range(num_steps)
              if _step_finished(run.workdir, step)
-             and _remove_train_checkpoints(run.workdir, step)]
+             and checkpoint.remove_train_checkpoints(run.workdir, step)]
   if removed:
     log(f"removed the train checkpoints left behind by finished step(s) "
         f"{', '.join(map(str, removed))} (step_<t>/checkpoints; their exports are kept)")
@@ -428,7 +419,7 @@ def _resume_point(run: Run, first_step: int, last_step: int) -> tuple[int, int |
       continue
     if checkpoint.export_exists(run.workdir, step):
       return step, None
-    if not os.path.exists(_train_checkpoints_dir(run.workdir, step)):
+    if not os.path.exists(checkpoint.train_checkpoints_dir(run.workdir, step)):
       return step, 0
     manager = checkpoint.train_manager(run.workdir, step)
     try:
@@ -500,7 +491,7 @@ def _run_steps(run: Run) -> list[dict]:
     summary = evaluate_step(run, facts, model, variables)
     checkpoint.save_step_metrics(workdir, step, summary)
     multihost_utils.sync_global_devices(f"step_{step}_done")
-    _remove_train_checkpoints(workdir, step)
+    checkpoint.remove_train_checkpoints(workdir, step)
     write_results(run, last_step)
   summaries = write_results(run, last_step)
   log("\n" + metrics.format_table(run.task, summaries))

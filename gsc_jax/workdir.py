@@ -70,8 +70,7 @@ def prepare(config, workdir_flag: str | None = None) -> str:
     path = os.path.join(workdir, "config.json")
     if os.path.exists(path):
       check_same_config(checkpoint.read_json(path), resolved, workdir)
-    with open(path, "w") as f:
-      json.dump(resolved, f, indent=2)
+    checkpoint.write_json(path, resolved)
     print(f"work dir: {workdir}")
     print(f"method {config.method}: preset filled {', '.join(filled) or 'nothing'}")
     print("config:\n" + config.to_json_best_effort(indent=2), flush=True)

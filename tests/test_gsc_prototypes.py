@@ -14,7 +14,6 @@ build s directly, the end-to-end test builds features and teacher logits whose s
 far more than any rounding.
 """
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -152,16 +152,25 @@ def test_soft_label_loss_all_pixels_counts_void_unlike_the_first_reconstruction(
   assert np.isclose(second, _soft_label_reference(logits, labels, teacher_logits), rtol=RTOL)
 
 
+def _expected_logit_gradient(logits, labels, teacher_logits, num_classes, predicted, target):
+  """Per pixel (predicted(z_i) - target(v_i)) / (K * B*H*W), v_i the soft target of pixel i:
+  the gradient of a soft-label loss averaged over classes and every pixel."""
+  expected = np.zeros(logits.shape)
+  for index in np.ndindex(labels.shape):
+    soft_target = _soft_target(labels[index], teacher_logits[index], num_classes)
+    expected[index] = ((predicted(logits[index]) - target(soft_target))
+                       / (num_classes * labels.size))
+  return expected
+
+
 @pytest.mark.parametrize("num_old,num_classes", SHAPES)
 def test_soft_label_loss_all_pixels_gradient_is_p_minus_s(num_old, num_classes):
   """d loss / d z_i = (softmax(z_i) - softmax(v_i)) / (K * B*H*W), since sum_c s_ic = 1."""
   logits, labels, teacher_logits = _inputs(num_old, num_classes, seed=2)
   gradient = np.asarray(jax.grad(losses.soft_label_loss_all_pixels)(
       jnp.asarray(logits), labels, teacher_logits))
-  expected = np.zeros(logits.shape)
-  for index in np.ndindex(labels.shape):
-    s = _softmax(_soft_target(labels[index], teacher_logits[index], num_classes))
-    expected[index] = (_softmax(logits[index]) - s) / (num_classes * labels.size)
+  expected = _expected_logit_gradient(logits, labels, teacher_logits, num_classes,
+                                      predicted=_softmax, target=_softmax)
   assert np.all(np.isfinite(gradient))
   np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-9)
 
@@ -198,10 +207,8 @@ def test_soft_label_binary_cross_entropy_is_stable_for_large_logits():
   assert np.isclose(got, _bce_reference(logits, labels, teacher_logits), rtol=RTOL)
   gradient = np.asarray(jax.grad(losses.soft_label_binary_cross_entropy)(
       jnp.asarray(logits), labels, teacher_logits))
-  expected = np.zeros(logits.shape)
-  for index in np.ndindex(labels.shape):
-    v = _soft_target(labels[index], teacher_logits[index], 3)
-    expected[index] = (_sigmoid(logits[index]) - v) / (3 * labels.size)
+  expected = _expected_logit_gradient(logits, labels, teacher_logits, 3,
+                                      predicted=_sigmoid, target=lambda v: v)
   np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-9)
 
 
@@ -211,10 +218,8 @@ def test_soft_label_binary_cross_entropy_gradient(num_old, num_classes):
   logits, labels, teacher_logits = _inputs(num_old, num_classes, seed=3)
   gradient = np.asarray(jax.grad(losses.soft_label_binary_cross_entropy)(
       jnp.asarray(logits), labels, teacher_logits))
-  expected = np.zeros(logits.shape)
-  for index in np.ndindex(labels.shape):
-    v = _soft_target(labels[index], teacher_logits[index], num_classes)
-    expected[index] = (_sigmoid(logits[index]) - v) / (num_classes * labels.size)
+  expected = _expected_logit_gradient(logits, labels, teacher_logits, num_classes,
+                                      predicted=_sigmoid, target=lambda v: v)
   assert np.all(np.isfinite(gradient))
   np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-9)
 

@@ -12,7 +12,6 @@ from gsc_jax import checkpoint
 from gsc_jax import errors
 from gsc_jax import reporting
 from gsc_jax import tasks
-from gsc_jax import train
 from gsc_jax.data import splits
 from tests import test_run_control as run_control
 from tests import test_splits as split_tests
@@ -91,7 +90,7 @@ def test_a_resumed_run_logs_each_iteration_once_and_removes_leftover_checkpoints
   checkpoints; the next start removes them."""
   with pytest.raises(errors.RunStopped):
     run_control._run(tmp_path, ",last_step=0,stop_after_iterations=6")
-  monkeypatch.setattr(train, "_remove_train_checkpoints", _killed_during_clean_up)
+  monkeypatch.setattr(checkpoint, "remove_train_checkpoints", _killed_during_clean_up)
   with pytest.raises(errors.RunStopped, match="metrics.json"):
     run_control._run(tmp_path, ",last_step=0")
   monkeypatch.undo()

@@ -114,8 +114,7 @@ def teacher_prototype_pass(teacher_model) -> base.DataPass:
     return pseudo_labels.teacher_prototype_sums(outputs["head"], outputs["logits_low"],
                                                 batch["label"].astype(jnp.int32))
 
-  return base.DataPass("teacher_prototypes", batch_statistics,
-                       lambda results, previous: _prototypes_from_sums(results))
+  return base.DataPass("teacher_prototypes", batch_statistics, _prototypes_from_sums)
 
 
 def prototype_pass(facts, model, teacher_model, training_targets,

@@ -57,17 +57,17 @@ def threshold_pass(config, facts, teacher_model) -> base.DataPass:
 
   def finish(results, previous):
     del previous
+    # Once per distinct quantile: a capped rising quantile repeats its last value.
     if mode == "histogram":
       histogram = np.sum([np.asarray(r, np.int64) for r in results], axis=0)
-      thresholds = [pseudo_labels.histogram_thresholds(histogram, floor, quantile)
-                    for quantile in quantiles]
+      per_quantile = {quantile: pseudo_labels.histogram_thresholds(histogram, floor, quantile)
+                      for quantile in set(quantiles)}
     else:
       entropies = np.concatenate([entropy[background] for entropy, _, background in results])
       argmaxes = np.concatenate([argmax[background] for _, argmax, background in results])
-      thresholds = [pseudo_labels.median_thresholds(entropies, argmaxes, num_old_classes, floor,
-                                                    quantile)
-                    for quantile in quantiles]
-    return {"thresholds": np.asarray(thresholds, np.float32)}
+      per_quantile = {quantile: pseudo_labels.median_thresholds(
+          entropies, argmaxes, num_old_classes, floor, quantile) for quantile in set(quantiles)}
+    return {"thresholds": np.asarray([per_quantile[q] for q in quantiles], np.float32)}
 
   return base.DataPass("entropy_thresholds", batch_statistics, finish, augmented=True)
 

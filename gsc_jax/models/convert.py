@@ -314,7 +314,8 @@ def pretrained_backbone_variables(path: str, backbone: str, activation: str) -> 
 HEAD_CONVOLUTIONS = ("global_pooling_conv", "red_conv", "pool_red_conv")
 HEAD_BATCH_NORMS = ("map_bn", "global_pooling_bn", "red_bn")
 NUM_PYRAMID_CONVOLUTIONS = 4  # map_convs.0 (1x1) and .1-.3 (dilated 3x3)
-SEGMENTATION_BATCH_NORM_SCALES = {"iabn": iabn_scale, "batchnorm": lambda weight: weight}
+SEGMENTATION_BATCH_NORM_SCALES = {"iabn": IABN.batch_norm_scale,
+                                  "batchnorm": TORCHVISION.batch_norm_scale}
 
 
 def convert_segmentation_module(state_dict: dict[str, np.ndarray], backbone: str,

@@ -41,6 +41,7 @@ import jax
 import numpy as np
 
 from configs import common
+from gsc_jax import checkpoint
 from gsc_jax import errors
 from gsc_jax import evaluation
 from gsc_jax import methods
@@ -49,13 +50,13 @@ from gsc_jax import platform_flags
 from gsc_jax import tasks
 from gsc_jax import train
 from gsc_jax import train_step
-from gsc_jax.data import pipeline
 from gsc_jax.data import synthetic
 from gsc_jax.models import convert
 from gsc_jax.models import step_model
 
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_driver.py")
+VOC_CONFIG = os.path.join(REPOSITORY_ROOT, "configs", "voc.py")
 NUM_CLASSES = 21
 PERTURBATION = 1e-6  # relative weight noise of the train check's noise floor
 MIB_DISTILLATION_WEIGHT = 10.0  # what the released --method=MiB sets, whatever the task
@@ -152,6 +153,11 @@ def reference_step_arguments(args, tree: str, seed: int, step: int) -> list[str]
           "--name", args.method]
 
 
+def reference_dir(args, seed: int) -> str:
+  """The released program's working directory for ``seed`` (its logs, checkpoints, results)."""
+  return os.path.join(args.out, "reference", f"seed{seed}")
+
+
 def driver_command(args, tree: str, seed: int, step: int, *driver_flags: str,
                    program_flags=()) -> list[str]:
   """The reference interpreter running reference_driver.py on one step of the released
@@ -163,7 +169,7 @@ def driver_command(args, tree: str, seed: int, step: int, *driver_flags: str,
 
 
 def run_reference(args, tree: str, seed: int, task: tasks.Task) -> None:
-  directory = os.path.join(args.out, "reference", f"seed{seed}")
+  directory = reference_dir(args, seed)
   os.makedirs(directory, exist_ok=True)
   for step in range(len(task.steps)):
     result = os.path.join(directory, f"step{step}.json")
@@ -177,7 +183,7 @@ def run_reference(args, tree: str, seed: int, task: tasks.Task) -> None:
 
 
 def reference_export_path(args, seed: int, step: int) -> str:
-  return os.path.join(args.out, "reference", f"seed{seed}", f"step{step}_model.npz")
+  return os.path.join(reference_dir(args, seed), f"step{step}_model.npz")
 
 
 def gsc_jax_config_argument(args, tree: str, seed: int) -> str:
@@ -196,8 +202,12 @@ def gsc_jax_config_argument(args, tree: str, seed: int) -> str:
 
 
 def gsc_jax_config(args, tree: str, seed: int):
-  module = common.load_config_file(os.path.join(REPOSITORY_ROOT, "configs", "voc.py"))
-  return module.get_config(gsc_jax_config_argument(args, os.path.abspath(tree), seed))
+  """The gsc_jax side's config of ``seed``, its method preset resolved."""
+  config = common.load_config_file(VOC_CONFIG).get_config(
+      gsc_jax_config_argument(args, os.path.abspath(tree), seed))
+  with config.unlocked():
+    methods.resolve_preset(config)
+  return config
 
 
 def run_gsc_jax(args, tree: str, seed: int) -> None:
@@ -205,9 +215,8 @@ def run_gsc_jax(args, tree: str, seed: int) -> None:
   if os.path.exists(os.path.join(workdir, "summary.json")):
     return
   os.makedirs(workdir, exist_ok=True)
-  config = os.path.join(REPOSITORY_ROOT, "configs", "voc.py")
   command = [sys.executable, "-m", "gsc_jax.main",
-             f"--config={config}:{gsc_jax_config_argument(args, os.path.abspath(tree), seed)}",
+             f"--config={VOC_CONFIG}:{gsc_jax_config_argument(args, os.path.abspath(tree), seed)}",
              f"--workdir={workdir}"]
   _run_logged(command, REPOSITORY_ROOT, os.path.join(workdir, "main.log"),
               f"gsc_jax {args.method} seed {seed}")
@@ -232,8 +241,8 @@ def evaluation_check(args, tree: str, task: tasks.Task) -> list[dict]:
   for seed in args.seeds:
     summaries = reference_summaries(args, seed, task) or []
     config = gsc_jax_config(args, tree, seed)
-    run = train.open_run(config, os.path.join(args.out, "reference", f"seed{seed}",
-                                              "gsc_jax_evaluation"), stop=None)
+    run = train.open_run(config, os.path.join(reference_dir(args, seed), "gsc_jax_evaluation"),
+                         stop=None)
     for step, own in enumerate(summaries):
       path = reference_export_path(args, seed, step)
       if not os.path.exists(path):
@@ -271,11 +280,12 @@ def reference_check(args, tree: str, name: str, step: int, *driver_flags: str,
 
 def reference_step0_checkpoint(args, seed: int) -> str:
   """Where the released run.py saved step 0 of ``seed`` (its own naming)."""
-  return os.path.join(args.out, "reference", f"seed{seed}", "checkpoints", "step",
+  return os.path.join(reference_dir(args, seed), "checkpoints", "step",
                       f"{args.task}-voc_{args.method}_0.pth")
 
 
-def train_check(args, tree: str, step: int, iterations: int = 3) -> dict | None:
+def train_check(args, tree: str, task: tasks.Task, step: int,
+                iterations: int = 3) -> dict | None:
   """A few iterations of the released ``Trainer.train`` and of gsc_jax's train step on one
   batch of the released loader of ``step``, from the same weights (seed of the first
   ``--seeds``; at step 1 the released run's step-0 model as the teacher and the student
@@ -298,9 +308,6 @@ def train_check(args, tree: str, step: int, iterations: int = 3) -> dict | None:
   if reference is None:
     return None
   config = gsc_jax_config(args, tree, seed)
-  with config.unlocked():
-    methods.resolve_preset(config)
-  task = tasks.get_task("voc", args.task, NUM_CLASSES)
   facts = tasks.step_facts(task, step)
   model = step_model.make_model(config, facts.classifier_sizes)
   teacher_model, frozen = None, {}
@@ -317,7 +324,8 @@ def train_check(args, tree: str, step: int, iterations: int = 3) -> dict | None:
   def flat(variables) -> dict:
     return flax.traverse_util.flatten_dict(variables, sep="/")
 
-  start = flat(variables_after(0))
+  initial = variables_after(0)
+  start = flat(initial)
   iterate = jax.jit(train_step.make_train_step(model, teacher_model, method, optimizer,
                                              int(reference["max_iterations"])))
   batch = {"image": reference["images"], "label": reference["labels"].astype(np.int32)}
@@ -339,11 +347,11 @@ def train_check(args, tree: str, step: int, iterations: int = 3) -> dict | None:
     worst = max(ratios, key=ratios.get)
     return {"tensor": worst, "ratio": ratios[worst]}
 
-  losses, states = trajectory(variables_after(0))
+  losses, states = trajectory(initial)
   noise = np.random.default_rng(0)
   _, perturbed = trajectory(jax.tree.map(
       lambda x: x * (1 + PERTURBATION * noise.standard_normal(x.shape)).astype(x.dtype),
-      variables_after(0)))
+      initial))
   deviations = []
   for iteration, (ours, control) in enumerate(zip(states, perturbed), start=1):
     released = flat(variables_after(iteration))
@@ -374,17 +382,11 @@ def data_check(args, tree: str, epochs: int = 2) -> dict | None:
   if reference is None:
     return None
   config = gsc_jax_config(args, tree, seed)
-  with config.unlocked():
-    methods.resolve_preset(config)  # the void policy of the train labels
   run = train.open_run(config, os.path.join(args.out, "data_check_step0", "gsc_jax"), stop=None)
-  indices = run.step_lists.train(0)
-  # The stream step 0 trains on (train.train_one_step's seed), for as many batches as epochs.
-  dataset = pipeline.train_dataset(
-      config, run.train_source, indices,
-      tasks.train_label_lut(run.task, 0, config.data.void_to_background),
-      seed=config.seed * 1000, process_index=0, process_count=1)
+  dataset = train.step_train_dataset(run, 0)  # the stream step 0 trains on
+  batches_per_epoch = len(run.step_lists.train(0)) // config.optim.batch_size
   counts, sums, squares, images = np.zeros(256), np.zeros(3), np.zeros(3), 0
-  for _, batch in zip(range(epochs * (len(indices) // config.optim.batch_size)), dataset):
+  for _, batch in zip(range(epochs * batches_per_epoch), dataset):
     image, label = np.asarray(batch["image"]), np.asarray(batch["label"]).astype(np.int64)
     counts += np.bincount(label.ravel(), minlength=256)
     sums += image.mean(axis=(1, 2)).sum(axis=0)
@@ -407,7 +409,7 @@ def reference_summaries(args, seed: int, task: tasks.Task) -> list[dict] | None:
   """Per step, the gsc_jax summary of the released program's confusion matrix."""
   summaries = []
   for step in range(len(task.steps)):
-    path = os.path.join(args.out, "reference", f"seed{seed}", f"step{step}.json")
+    path = os.path.join(reference_dir(args, seed), f"step{step}.json")
     if not os.path.exists(path):
       return None
     with open(path, encoding="utf-8") as file:
@@ -420,14 +422,11 @@ def reference_summaries(args, seed: int, task: tasks.Task) -> list[dict] | None:
 
 def gsc_jax_summaries(args, seed: int, task: tasks.Task) -> list[dict] | None:
   """Per step, gsc_jax's own summary (step_<t>/metrics.json)."""
-  summaries = []
-  for step in range(len(task.steps)):
-    path = os.path.join(args.out, "gsc_jax", f"seed{seed}", f"step_{step}", "metrics.json")
-    if not os.path.exists(path):
-      return None
-    with open(path, encoding="utf-8") as file:
-      summaries.append(json.load(file))
-  return summaries
+  workdir = os.path.join(args.out, "gsc_jax", f"seed{seed}")
+  paths = [checkpoint.metrics_path(workdir, step) for step in range(len(task.steps))]
+  if not all(os.path.exists(path) for path in paths):
+    return None
+  return [checkpoint.read_json(path) for path in paths]
 
 
 def agreement(reference_all: list[float], gsc_jax_all: list[float]) -> dict:
@@ -556,7 +555,7 @@ def main(argv=None) -> None:
   result = comparison(args, task)
   result["evaluation_check"] = evaluation_check(args, tree, task)
   result["train_checks"] = [check for step in ([0, 1] if args.method == "mib" else [0])
-                            if (check := train_check(args, tree, step)) is not None]
+                            if (check := train_check(args, tree, task, step)) is not None]
   result["data_check"] = data_check(args, tree)
   with open(os.path.join(args.out, "comparison.json"), "w", encoding="utf-8") as file:
     json.dump(result, file, indent=1)
