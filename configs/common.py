@@ -150,9 +150,17 @@ def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
   config.model.new_classifier_init = config_dict.placeholder(str)  # mib | random (preset)
   config.model.activation = "leaky_relu"  # leaky_relu (in-place ABN, 0.01) | relu (torchvision)
   config.model.pretrained = ""       # starts step 0; written by gsc_jax.tools.convert_backbone
+  # float32 | bfloat16: the dtype of the activations (student and teacher). Parameters, BN
+  # statistics, optimiser state, logits, losses and their gradients stay float32
+  # (docs/precision_and_accumulation.md).
+  config.model.compute_dtype = "float32"
 
   config.optim = ml_collections.ConfigDict()
   config.optim.batch_size = 24       # global batch, split over all devices
+  # Micro-batches per iteration: the train step runs forward/backward on batch_size / k
+  # images at a time and applies one update; batch_size must be divisible by k x devices
+  # (docs/precision_and_accumulation.md).
+  config.optim.accumulation_steps = 1
   config.optim.lr_step0 = 0.01
   config.optim.lr_incremental = 0.001
   config.optim.epochs_step0 = 30

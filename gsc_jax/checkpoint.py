@@ -16,18 +16,17 @@ Work-dir layout of one run::
   <workdir>/step_<t>/metrics.json        evaluation after step t: the step is finished
   <workdir>/step_<t>/predictions.png     image | ground truth | prediction after step t
 
-Checksums: once a train checkpoint or an export is completely written, process 0 writes
-``checksums.json`` inside its directory (the size and SHA-256 of every file in it). Every
+Checksums: once a train checkpoint or an export is completely written (a train checkpoint is
+written in the background; the iteration loop looks every iteration whether it is done),
+process 0 writes ``checksums.json`` inside its directory (the size and SHA-256 of every file in it). Every
 process checks them before the directory is read. An export that fails the check is an
 ``errors.InputError`` naming the file; a train checkpoint that fails it (or has no
 ``checksums.json``: it was never completed) is moved to ``rejected_checkpoints/`` and the
 step resumes from the newest good one, or from its beginning when none is left.
 """
 
-import hashlib
+import io
 import json
-import os
-import shutil
 import zipfile
 import zlib
 
@@ -37,28 +36,22 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from gsc_jax import atomic_files
 from gsc_jax import errors
 from gsc_jax import reporting
+from gsc_jax import storage
 
 CHECKSUMS_FILE = "checksums.json"
 REJECTED_DIR = "rejected_checkpoints"
 
 
 def step_dir(workdir: str, step: int) -> str:
-  return os.path.join(os.path.abspath(workdir), f"step_{step}")
+  return storage.join(storage.absolute(workdir), f"step_{step}")
 
 
 def write_json(path: str, data) -> None:
   """Writes JSON atomically from process 0, so a kill never leaves half a file."""
-  if jax.process_index() != 0:
-    return
-
-  def write(temporary):
-    with open(temporary, "w") as f:
-      json.dump(data, f, indent=2)
-
-  atomic_files.write_atomically(path, write)
+  if jax.process_index() == 0:
+    storage.write_text(path, json.dumps(data, indent=2))
 
 
 # What to do about a corrupt JSON file of the work dir, by its name.
@@ -73,29 +66,17 @@ JSON_REMEDIES = {
 def read_json(path: str):
   """The JSON content of ``path``; an ``errors.InputError`` naming it when it is corrupt."""
   try:
-    with open(path, "rb") as f:
-      return json.loads(f.read().decode("utf-8"))
+    return json.loads(storage.read_bytes(path).decode("utf-8"))
   except (UnicodeDecodeError, json.JSONDecodeError) as error:
-    remedy = JSON_REMEDIES.get(os.path.basename(path), "restore it or delete it")
+    remedy = JSON_REMEDIES.get(storage.path(path).name, "restore it or delete it")
     raise errors.InputError(f"{path} is corrupt (not valid JSON: {error}); {remedy}") from None
 
 
 # --- checksums -----------------------------------------------------------------------------
 
-def _sha256(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _files_under(directory: str) -> list[str]:
   """Every file under ``directory`` but its checksums file, relative and sorted."""
-  files = []
-  for root, _, names in os.walk(directory):
-    for name in names:
-      relative = os.path.relpath(os.path.join(root, name), directory)
-      if relative != CHECKSUMS_FILE:
-        files.append(relative)
-  return sorted(files)
+  return [relative for relative in storage.files_under(directory) if relative != CHECKSUMS_FILE]
 
 
 def write_checksums(directory: str) -> None:
@@ -103,33 +84,36 @@ def write_checksums(directory: str) -> None:
   process 0; call it only once everything in ``directory`` is written."""
   if jax.process_index() != 0:
     return
-  files = {relative: {"size": os.path.getsize(os.path.join(directory, relative)),
-                      "sha256": _sha256(os.path.join(directory, relative))}
+  files = {relative: {"size": storage.size(storage.join(directory, relative)),
+                      "sha256": storage.sha256(storage.join(directory, relative))}
            for relative in _files_under(directory)}
-  write_json(os.path.join(directory, CHECKSUMS_FILE), {"algorithm": "sha256", "files": files})
+  write_json(storage.join(directory, CHECKSUMS_FILE), {"algorithm": "sha256", "files": files})
 
 
 def checksum_problem(directory: str, shown_under: str = "") -> str | None:
   """None when every file listed in ``<directory>/checksums.json`` has its recorded size
   and SHA-256; otherwise what is wrong, naming the first bad file (its path relative to
   ``directory``, joined to ``shown_under``). Files that are not listed are not read."""
+  def shown(relative):
+    return f"{shown_under.rstrip('/')}/{relative}" if shown_under else relative
+
   try:
-    listed = read_json(os.path.join(directory, CHECKSUMS_FILE))["files"]
+    listed = read_json(storage.join(directory, CHECKSUMS_FILE))["files"]
     expected = {str(relative): (int(entry["size"]), str(entry["sha256"]))
                 for relative, entry in listed.items()}
   except FileNotFoundError:
-    return f"no {os.path.join(shown_under, CHECKSUMS_FILE)} (its save never completed)"
+    return f"no {shown(CHECKSUMS_FILE)} (its save never completed)"
   except (errors.InputError, OSError, ValueError, KeyError, TypeError, AttributeError):
-    return f"{os.path.join(shown_under, CHECKSUMS_FILE)} is corrupt"
+    return f"{shown(CHECKSUMS_FILE)} is corrupt"
   for relative, (size, _) in sorted(expected.items()):  # sizes first: quick, finds truncation
-    path, shown = os.path.join(directory, relative), os.path.join(shown_under, relative)
-    if not os.path.isfile(path):
-      return f"{shown} is missing"
-    if os.path.getsize(path) != size:
-      return f"{shown} has {os.path.getsize(path)} bytes instead of {size}"
+    path = storage.join(directory, relative)
+    if not storage.is_file(path):
+      return f"{shown(relative)} is missing"
+    if storage.size(path) != size:
+      return f"{shown(relative)} has {storage.size(path)} bytes instead of {size}"
   for relative, (_, digest) in sorted(expected.items()):
-    if _sha256(os.path.join(directory, relative)) != digest:
-      return f"checksum mismatch in {os.path.join(shown_under, relative)}"
+    if storage.sha256(storage.join(directory, relative)) != digest:
+      return f"checksum mismatch in {shown(relative)}"
   return None
 
 
@@ -150,17 +134,17 @@ TRAIN_CHECKPOINTS_DIR = "checkpoints"
 
 
 def train_checkpoints_dir(workdir: str, step: int) -> str:
-  return os.path.join(step_dir(workdir, step), TRAIN_CHECKPOINTS_DIR)
+  return storage.join(step_dir(workdir, step), TRAIN_CHECKPOINTS_DIR)
 
 
 def remove_train_checkpoints(workdir: str, step: int) -> bool:
   """Removes step ``step``'s train checkpoints (process 0); the export holds everything
   later steps need. Returns whether there were any."""
   directory = train_checkpoints_dir(workdir, step)
-  if not os.path.exists(directory):
+  if not storage.exists(directory):
     return False
   if jax.process_index() == 0:
-    shutil.rmtree(directory, ignore_errors=True)
+    storage.remove_tree(directory)
   return True
 
 
@@ -170,7 +154,7 @@ class TrainCheckpoints:
   its save is finished."""
 
   def __init__(self, workdir: str, step: int):
-    self.workdir, self.step = os.path.abspath(workdir), step
+    self.workdir, self.step = storage.absolute(workdir), step
     self.directory = train_checkpoints_dir(workdir, step)
     options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -188,11 +172,14 @@ class TrainCheckpoints:
     self.manager.close()
 
   def path(self, iteration: int) -> str:
-    return os.path.join(self.directory, str(iteration))
+    return storage.join(self.directory, str(iteration))
 
   def shown(self, iteration: int) -> str:
     """The checkpoint's directory relative to the work dir, for messages."""
-    return os.path.relpath(self.path(iteration), self.workdir)
+    return self._relative(self.path(iteration))
+
+  def _relative(self, location: str) -> str:
+    return location[len(self.workdir):].lstrip("/")
 
   def wait_until_finished(self) -> None:
     """Waits for a save in progress, then writes its checksums."""
@@ -200,6 +187,13 @@ class TrainCheckpoints:
     if self._unsealed is not None:
       write_checksums(self.path(self._unsealed))
       self._unsealed = None
+
+  def seal_if_finished(self) -> None:
+    """Writes the checksums of the last save once it has finished in the background, so
+    that a run killed before its next save still resumes from it; call it every
+    iteration (it does not wait)."""
+    if self._unsealed is not None and not self.manager.is_saving_in_progress():
+      self.wait_until_finished()  # returns at once; makes sure the save is finalised
 
   def save(self, iteration: int, state, data_iterator) -> None:
     """Starts saving ``state`` and the iterator's position (after the previous save is
@@ -218,18 +212,16 @@ class TrainCheckpoints:
   def _reject(self, iteration: int) -> str:
     """Moves a failed checkpoint to ``step_<t>/rejected_checkpoints/`` (out of the
     manager's sight, kept for inspection); returns its new place, relative to the work dir."""
-    target = os.path.join(step_dir(self.workdir, self.step), REJECTED_DIR, str(iteration))
-    suffix = 1
-    while os.path.exists(target):
-      target = os.path.join(os.path.dirname(target), f"{iteration}-{suffix}")
-      suffix += 1
+    rejected = storage.join(step_dir(self.workdir, self.step), REJECTED_DIR)
+    target, suffix = storage.join(rejected, str(iteration)), 1
+    while storage.exists(target):
+      target, suffix = storage.join(rejected, f"{iteration}-{suffix}"), suffix + 1
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      os.replace(self.path(iteration), target)
+      storage.move_tree(self.path(iteration), target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"rejected_{self.step}_{iteration}")
     self.manager.reload()
-    return os.path.relpath(target, self.workdir)
+    return self._relative(target)
 
   def restore_newest_good(self, abstract_state, data_iterator):
     """Restores the newest checkpoint that passes its checksums and restores cleanly into
@@ -274,15 +266,15 @@ def train_manager(workdir: str, step: int) -> TrainCheckpoints:
 
 def export_meta_path(workdir: str, step: int) -> str:
   """``step_<t>/export_meta.json``, written last: the export is complete."""
-  return os.path.join(step_dir(workdir, step), "export_meta.json")
+  return storage.join(step_dir(workdir, step), "export_meta.json")
 
 
 def export_exists(workdir: str, step: int) -> bool:
-  return os.path.exists(export_meta_path(workdir, step))
+  return storage.exists(export_meta_path(workdir, step))
 
 
 def export_path(workdir: str, step: int) -> str:
-  return os.path.join(step_dir(workdir, step), "export")
+  return storage.join(step_dir(workdir, step), "export")
 
 
 def save_export(workdir: str, step: int, variables, meta: dict) -> None:
@@ -306,7 +298,7 @@ def verify_export(workdir: str, step: int) -> dict:
         f"no finished export of step {step} in {step_dir(workdir, step)}: run that step first")
   meta = read_json(meta_path)
   path = export_path(workdir, step)
-  if "checksums" not in meta and not os.path.exists(os.path.join(path, CHECKSUMS_FILE)):
+  if "checksums" not in meta and not storage.exists(storage.join(path, CHECKSUMS_FILE)):
     reporting.log(f"note: the export of step {step} in {path} has no checksums (saved by "
                   "an earlier version); it is read unchecked")
     return meta
@@ -341,21 +333,16 @@ def read_export_arrays(workdir: str, step: int):
 # --- the results of data passes ------------------------------------------------------------
 
 def pass_result_path(workdir: str, step: int, name: str) -> str:
-  return os.path.join(step_dir(workdir, step), f"{name}.npz")
+  return storage.join(step_dir(workdir, step), f"{name}.npz")
 
 
 def save_pass_result(workdir: str, step: int, name: str, arrays: dict) -> None:
   """Saves a data pass's named arrays as ``step_<t>/<name>.npz`` (atomically, from process
   0; an after-step pass is saved before ``export_meta.json``, so a complete export always
   has its passes' results)."""
-  if jax.process_index() != 0:
-    return
-
-  def write(temporary):
-    with open(temporary, "wb") as f:  # a file object: np.savez would append ".npz" to a name
-      np.savez(f, **{key: np.asarray(value) for key, value in arrays.items()})
-
-  atomic_files.write_atomically(pass_result_path(workdir, step, name), write)
+  if jax.process_index() == 0:
+    storage.write_with(pass_result_path(workdir, step, name), lambda f: np.savez(
+        f, **{key: np.asarray(value) for key, value in arrays.items()}))
 
 
 def _corrupt_pass_result(workdir: str, step: int, path: str, reason: str):
@@ -373,7 +360,7 @@ def load_pass_result(workdir: str, step: int, name: str, missing_ok: bool = Fals
   """The arrays of ``step_<t>/<name>.npz``; None when missing and ``missing_ok``; an
   ``errors.InputError`` naming the file when it is corrupt."""
   path = pass_result_path(workdir, step, name)
-  if not os.path.exists(path):
+  if not storage.exists(path):
     if missing_ok:
       return None
     raise errors.MissingFileError(
@@ -381,7 +368,7 @@ def load_pass_result(workdir: str, step: int, name: str, missing_ok: bool = Fals
         f"step {step} saves only when its method computes them (every step 0 does for "
         "prototypes); re-run that step with such a method, or start from another work dir")
   try:
-    with np.load(path) as data:  # every member is read whole: zip checks its CRC-32
+    with np.load(io.BytesIO(storage.read_bytes(path))) as data:  # zip checks each CRC-32
       return {key: data[key] for key in data.files}
   except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, KeyError) as error:
     raise _corrupt_pass_result(workdir, step, path, f"{type(error).__name__}: "
@@ -391,7 +378,7 @@ def load_pass_result(workdir: str, step: int, name: str, missing_ok: bool = Fals
 # --- evaluation results --------------------------------------------------------------------
 
 def metrics_path(workdir: str, step: int) -> str:
-  return os.path.join(step_dir(workdir, step), "metrics.json")
+  return storage.join(step_dir(workdir, step), "metrics.json")
 
 
 def save_step_metrics(workdir: str, step: int, summary: dict) -> None:

@@ -2,8 +2,17 @@
 
 Flags: ``--config`` (an ml_collections config file with its argument, see
 configs/common.py), ``--config.<field>=<value>`` overrides, ``--workdir`` (default: the
-config's ``workdir``, or runs/<dataset>_<task>_<method>_<ov|dis>_seed<seed>), and
-``--distributed`` to call ``jax.distributed.initialize()`` on multi-host platforms.
+config's ``workdir``, or runs/<dataset>_<task>_<method>_<ov|dis>_seed<seed>; a bucket path
+such as ``gs://BUCKET/run`` works), and the multi-host flags:
+
+* ``--distributed``: call ``jax.distributed.initialize()``, which finds the coordinator,
+  the number of processes and this process's id itself on Cloud TPU VMs, SLURM, Open MPI
+  and Kubernetes, or reads ``JAX_COORDINATOR_ADDRESS``;
+* ``--coordinator_address=HOST:PORT``, ``--num_processes=N``, ``--process_id=I`` (each
+  implies ``--distributed``): for local runs and clusters JAX does not detect, e.g. two
+  local processes: ``launch/local_two_process.sh``.
+
+Every process runs the same command; launch/README.md has the commands for pods and SLURM.
 
 Exit codes: 0 done; 2 bad input (one line saying what to fix); 3 stopped on purpose
 (a signal or ``stop_after_iterations``: run the same command to resume); 4 diverged (a
@@ -26,12 +35,46 @@ import jax  # pylint: disable=wrong-import-position
 from gsc_jax import errors  # pylint: disable=wrong-import-position
 from gsc_jax import train  # pylint: disable=wrong-import-position
 from gsc_jax import workdir as workdir_lib  # pylint: disable=wrong-import-position
+from gsc_jax.reporting import log  # pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/synthetic.py:15-1", "Config file and argument.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (overrides config.workdir).")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (TPU pods, SLURM, ...).")
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0's coordinator (implies --distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes of the run (implies --distributed).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's id, 0..num_processes-1 (implies --distributed).")
+
+
+def distributed_arguments() -> dict | None:
+  """The keyword arguments of ``jax.distributed.initialize`` from the flags, or None for a
+  single-process run."""
+  arguments = {name: flag.value for name, flag in (
+      ("coordinator_address", _COORDINATOR_ADDRESS), ("num_processes", _NUM_PROCESSES),
+      ("process_id", _PROCESS_ID)) if flag.value is not None}
+  if not arguments and not _DISTRIBUTED.value:
+    return None
+  return arguments
+
+
+def initialize_distributed() -> None:
+  """``jax.distributed.initialize`` for a multi-process run (module docstring)."""
+  arguments = distributed_arguments()
+  if arguments is None:
+    return
+  try:
+    jax.distributed.initialize(**arguments)
+  except (ValueError, TypeError) as error:  # nothing detected, or inconsistent values
+    raise errors.InputError(
+        f"cannot start the multi-process run ({error}); outside a platform JAX detects "
+        "(Cloud TPU VM, SLURM, Open MPI, Kubernetes) pass --coordinator_address=HOST:PORT "
+        "--num_processes=N --process_id=I on every process") from None
+  log(f"process {jax.process_index()} of {jax.process_count()}: "
+      f"{jax.local_device_count()} local of {jax.device_count()} devices")
 
 
 def main(argv):
@@ -39,8 +82,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # orbax and grain report every save at INFO level; keep the progress lines readable.
   logging.set_verbosity(logging.WARNING)
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+  try:
+    initialize_distributed()
+  except errors.InputError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
   try:
     config = _CONFIG.value
     config.method  # pylint: disable=pointless-statement  # a file that failed to load raises here

@@ -6,6 +6,7 @@ batch-sharded array every mean and sum over the batch (BN statistics included) i
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
@@ -63,3 +64,15 @@ def global_batches(dataset, num_batches: int, mesh):
   iterator = iter(dataset)
   for _ in range(num_batches):
     yield to_global_batch(next(iterator), mesh)
+
+
+@jax.jit
+def _any_row(flags):
+  return jnp.max(flags) > 0
+
+
+def any_process(flag: bool, mesh) -> jax.Array:
+  """A replicated boolean scalar: whether ``flag`` is True on any process. It is computed
+  on the devices, asynchronously: reading it waits for the processes' flags."""
+  local = np.full((len(mesh.local_devices),), flag, np.int32)  # one row per local device
+  return _any_row(jax.make_array_from_process_local_data(batch_sharded(mesh), local))

@@ -13,14 +13,15 @@ classes) and one mean per step group; "avg" is the mean over steps of "all".
 """
 
 import csv
+import io
 import json
-import os
 
 import jax.numpy as jnp
 import numpy as np
 
-from gsc_jax import tasks
 from gsc_jax import errors
+from gsc_jax import storage
+from gsc_jax import tasks
 
 IOU_EPSILON = 1e-6
 MAX_COLUMN_NAME = 12  # longer group labels (non-natural class orders) become "step<k>"
@@ -147,19 +148,18 @@ def write_results_csv(path: str, task: tasks.Task, step_summaries: list[dict]) -
   empty cells as NaN, ``csv`` as ""); which classes each step adds is in summary.json
   ("steps").
   """
-  _make_parent_dir(path)
   class_ids = list(range(task.num_classes))
-  with open(path, "w", newline="") as file:
-    writer = csv.writer(file)
-    writer.writerow(["step", "all", "old", "new"] + [str(c) for c in class_ids]
-                    + ["evaluation"])
-    for summary in step_summaries:
-      seen = set(tasks.classes_seen(task, summary["step"]))
-      per_class = [_format_value(_class_iou_of(summary, c) if c in seen else None)
-                   for c in class_ids]
-      writer.writerow([summary["step"]] + [_format_value(summary.get(key))
-                                           for key in ("all", "old", "new")] + per_class
-                      + [summary.get("evaluation", "")])
+  text = io.StringIO(newline="")
+  writer = csv.writer(text)
+  writer.writerow(["step", "all", "old", "new"] + [str(c) for c in class_ids] + ["evaluation"])
+  for summary in step_summaries:
+    seen = set(tasks.classes_seen(task, summary["step"]))
+    per_class = [_format_value(_class_iou_of(summary, c) if c in seen else None)
+                 for c in class_ids]
+    writer.writerow([summary["step"]] + [_format_value(summary.get(key))
+                                         for key in ("all", "old", "new")] + per_class
+                    + [summary.get("evaluation", "")])
+  storage.write_text(path, text.getvalue())
 
 
 def evaluation_protocol(data_config) -> str:
@@ -199,9 +199,7 @@ def write_summary_json(path: str, task: tasks.Task, step_summaries: list[dict]) 
       "groups": last.get("groups"),
       "per_step": step_summaries,
   }
-  _make_parent_dir(path)
-  with open(path, "w") as file:
-    json.dump(result, file, indent=2)
+  storage.write_text(path, json.dumps(result, indent=2))
 
 
 def percent(value) -> str:
@@ -236,8 +234,3 @@ def _column_name(step: int, group_name: str) -> str:
   """The group's label as table header, or "step<k>" when the label is a long id list."""
   return group_name if len(group_name) <= MAX_COLUMN_NAME else f"step{step}"
 
-
-def _make_parent_dir(path: str) -> None:
-  parent = os.path.dirname(path)
-  if parent:
-    os.makedirs(parent, exist_ok=True)

@@ -2,15 +2,15 @@
 
 Images are built with numpy and written with PIL. Plots use matplotlib's Agg canvas
 directly (no pyplot, no global backend switch); matplotlib is imported inside the plot
-functions, so importing this module stays cheap. Every file is written atomically (a
-temporary file next to it, then ``os.replace``), so a reader never sees half a PNG.
+functions, so importing this module stays cheap. Every file is written atomically
+(gsc_jax/storage.py), so a reader never sees half a PNG.
 """
 
 import numpy as np
 from PIL import Image
 
-from gsc_jax import atomic_files
 from gsc_jax import errors
+from gsc_jax import storage
 from gsc_jax.tasks import IGNORE_LABEL
 
 VOID_COLOR = (255, 255, 255)
@@ -120,7 +120,7 @@ def save_png(path: str, array) -> None:
     raise ValueError(f"uint8 [H, W], [H, W, 3] or [H, W, 4] expected, got {array.dtype} "
                      f"{array.shape}")
   image = Image.fromarray(array)
-  atomic_files.write_atomically(path, lambda tmp_path: image.save(tmp_path, format="PNG"))
+  storage.write_with(path, lambda file: image.save(file, format="PNG"))
 
 
 # --- plots ---------------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def _set_step_range(axes, step_lists) -> None:
 
 
 def _save_figure(figure, path: str) -> None:
-  atomic_files.write_atomically(path, lambda tmp_path: figure.savefig(tmp_path, format="png", dpi=PLOT_DPI))
+  storage.write_with(path, lambda file: figure.savefig(file, format="png", dpi=PLOT_DPI))
 
 
 def _miou_figure(step_summaries: list[dict], title: str):

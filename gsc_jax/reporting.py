@@ -22,13 +22,13 @@ Read the log through ``read_log`` (gsc_jax/tools/benchmark.py does), not line by
 
 import json
 import math
-import os
 import sys
 import time
 
 import jax
 
 from gsc_jax import errors
+from gsc_jax import storage
 
 LOG_FILE = "log.jsonl"
 
@@ -56,23 +56,13 @@ def strict_json_line(record: dict) -> str:
 
 
 def _log_path(workdir: str) -> str:
-  return os.path.join(workdir, LOG_FILE)
-
-
-def _ends_without_newline(path: str) -> bool:
-  """Whether ``path`` exists and its last byte is not a newline (a kill mid-write)."""
-  if not os.path.exists(path) or os.path.getsize(path) == 0:
-    return False
-  with open(path, "rb") as f:
-    f.seek(-1, os.SEEK_END)
-    return f.read(1) != b"\n"
+  return storage.join(workdir, LOG_FILE)
 
 
 def append_jsonl(workdir: str, record: dict) -> None:
   """Appends ``record`` to ``<workdir>/log.jsonl`` as one strict JSON line."""
   if jax.process_index() == 0:
-    with open(_log_path(workdir), "a") as f:
-      f.write(strict_json_line(record) + "\n")
+    storage.append_text(_log_path(workdir), strict_json_line(record) + "\n")
 
 
 def append_restart(workdir: str, step: int, iteration: int | None) -> None:
@@ -82,9 +72,8 @@ def append_restart(workdir: str, step: int, iteration: int | None) -> None:
   if jax.process_index() != 0:
     return
   path = _log_path(workdir)
-  if _ends_without_newline(path):
-    with open(path, "a") as f:
-      f.write("\n")
+  if storage.last_byte(path) not in (b"", b"\n"):  # a kill mid-write
+    storage.append_text(path, "\n")
   append_jsonl(workdir, {"restart": {
       "step": step, "iteration": iteration,
       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}})
@@ -93,23 +82,23 @@ def append_restart(workdir: str, step: int, iteration: int | None) -> None:
 def _parsed_lines(path: str) -> list[dict]:
   """The JSON objects of the lines of ``path``; a line that is not one (cut short by a
   kill) is skipped, with one warning naming the file and the line numbers."""
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise errors.MissingFileError(f"{path} does not exist: no run has logged to this work "
                                   "dir (run training first, or pass the right work dir)")
   records, unreadable = [], []
-  with open(path, encoding="utf-8", errors="replace") as f:  # garbled bytes: a bad line
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        unreadable.append(number)
-        continue
-      if isinstance(record, dict):
-        records.append(record)
-      else:
-        unreadable.append(number)
+  text = storage.read_bytes(path).decode("utf-8", errors="replace")  # garbled: a bad line
+  for number, line in enumerate(text.split("\n"), start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      unreadable.append(number)
+      continue
+    if isinstance(record, dict):
+      records.append(record)
+    else:
+      unreadable.append(number)
   if unreadable:
     print(f"warning: {path}: skipped line(s) {', '.join(map(str, unreadable))}, which are "
           "not JSON objects (cut short by a kill?); the other lines are read",

@@ -12,14 +12,15 @@ only its protos (``Event``, ``Summary``) and its synchronous record writer
 ``flush()`` does not wait for the queued events.
 
 Files go to ``<workdir>/tensorboard/events.out.tfevents.*``; point ``tensorboard --logdir``
-at the workdir (or at a folder of workdirs). Only process 0 (``jax.process_index()``)
+at the workdir (or at a folder of workdirs). On an object store (a ``gs://`` work dir) an
+event file cannot be appended to: its records are kept in memory and the whole object is
+written again on every flush, through gsc_jax/storage.py (the same as TensorFlow's own
+writer does on GCS). Only process 0 (``jax.process_index()``)
 writes; every other process gets an inactive writer whose methods do nothing.
 ``read_events`` / ``read_scalars`` read the files back (tests, quick checks).
 """
 
-import glob
 import io
-import os
 import struct
 import time
 import uuid
@@ -31,6 +32,8 @@ from tensorboardX import event_file_writer as tbx_event_file_writer
 from tensorboardX import record_writer as tbx_record_writer
 from tensorboardX.proto import event_pb2
 from tensorboardX.proto import summary_pb2
+
+from gsc_jax import storage
 
 SUBDIR = "tensorboard"
 EVENT_FILE_PATTERN = "events.out.tfevents.*"
@@ -48,18 +51,18 @@ class EventWriter:
   """
 
   def __init__(self, workdir: str, *, purge_step: int | None = None):
-    self.logdir = os.path.join(workdir, SUBDIR)
+    self.logdir = storage.join(workdir, SUBDIR)
     self.active = jax.process_index() == 0
     self._writer = None
     self._closed = False
     self.path = None  # the event file this writer appends to (None on processes other than 0)
     if not self.active:
       return
-    tbx_record_writer.directory_check(self.logdir)
+    storage.make_dirs(self.logdir)
     # A unique suffix: two writers opened in the same second (the file name has the time
     # in seconds and the host name) must not truncate each other's file.
     self._writer = tbx_event_file_writer.EventsWriter(
-        os.path.join(self.logdir, "events"), filename_suffix=f".{uuid.uuid4().hex[:8]}")
+        storage.join(self.logdir, "events"), filename_suffix=f".{uuid.uuid4().hex[:8]}")
     self.path = self._writer._file_name
     if purge_step is not None:
       self._writer.write_event(event_pb2.Event(
@@ -136,9 +139,39 @@ class EventWriter:
 
 # --- reading back ------------------------------------------------------------------------------
 
+class _ObjectStoreEventFile:
+  """An event file on an object store (module docstring): written whole on every flush."""
+
+  def __init__(self, path: str):
+    self.path, self.buffer = path, io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    storage.write_bytes(self.path, self.buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _ObjectStoreEventFiles:
+  """tensorboardX's writer factory interface, for the object-store prefixes."""
+
+  def open(self, path: str) -> _ObjectStoreEventFile:
+    return _ObjectStoreEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    del path  # an object store has no directories to create
+
+
+for _prefix in storage.OBJECT_STORE_PREFIXES:
+  tbx_record_writer.register_writer_factory(_prefix.split(":")[0], _ObjectStoreEventFiles())
+
+
 def event_files(logdir: str) -> list[str]:
   """The event files in ``logdir`` (e.g. ``<workdir>/tensorboard``), oldest name first."""
-  return sorted(glob.glob(os.path.join(logdir, EVENT_FILE_PATTERN)))
+  return sorted(str(path) for path in storage.path(logdir).glob(EVENT_FILE_PATTERN))
 
 
 def read_events(path: str) -> list:
@@ -147,8 +180,7 @@ def read_events(path: str) -> list:
   Parses the TFRecord framing (uint64 length, masked CRC-32C of the length, data, masked
   CRC-32C of the data) and raises ValueError on a bad checksum or a truncated record.
   """
-  with open(path, "rb") as file:
-    data = file.read()
+  data = storage.read_bytes(path)
   events = []
   offset = 0
   while offset < len(data):

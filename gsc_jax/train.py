@@ -10,15 +10,14 @@ One incremental step t (``train_one_step``):
   4. a fresh SGD optimiser with the step's learning rate and poly schedule (1.6), and the
      jitted train step (train_step.py) over the "data" mesh (mesh.py);
   5. the iteration loop: progress reports, periodic checkpoints of train state + input
-     iterator (exact resume), a stop at the next iteration boundary on SIGTERM/SIGINT, and
-     a stop without saving anything when a loss term or the gradient turns non-finite;
+     iterator (exact resume), a stop at the same iteration boundary on every process
+     after a SIGTERM/SIGINT on any of them (``StopSignals``), and a stop without saving
+     anything when a loss term or the gradient turns non-finite;
   6. the passes after the step (GSC's prototypes), the export of the final model, its
      evaluation (evaluation.py) and the end-of-step picture.
 """
 
 import dataclasses
-import os
-import shutil
 import signal
 import threading
 import time
@@ -37,6 +36,7 @@ from gsc_jax import metrics
 from gsc_jax import passes
 from gsc_jax import pictures
 from gsc_jax import reporting
+from gsc_jax import storage
 from gsc_jax import tasks
 from gsc_jax import tensorboard
 from gsc_jax import train_step as train_step_lib
@@ -77,12 +77,22 @@ def open_run(config, workdir: str, stop) -> Run:
 
 
 class StopSignals:
-  """SIGTERM (a preempted VM) and SIGINT (Ctrl-C) ask the run to stop at the next iteration
-  boundary, after saving a checkpoint; a second signal stops at once."""
+  """SIGTERM (a preempted VM) and SIGINT (Ctrl-C) ask the run to stop at an iteration
+  boundary, after saving a checkpoint; a second signal stops at once.
+
+  With several processes the signal may reach any of them, or some only: every process
+  must stop at the same iteration, or the others would wait forever in the checkpoint's
+  and the train step's collectives. So each iteration every process contributes its flag
+  to a tiny reduction over the devices (``mesh.any_process``) dispatched after its train
+  step, and reads the previous iteration's result, which is the same on every process (a
+  signal stops the run one iteration later than on one process, and reading never waits
+  for the current step). Between steps, ``any_process_now`` agrees at once.
+  """
 
   def __init__(self):
     self.received = None
     self._previous = {}
+    self._pending = None  # the reduced flags of the previous iteration (several processes)
 
   def _handle(self, signum, frame):
     del frame
@@ -101,6 +111,26 @@ class StopSignals:
   def __exit__(self, *exc_info):
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
+
+  def at_iteration(self, mesh) -> bool:
+    """Whether every process stops at this iteration (class docstring); call it once per
+    iteration on every process, after dispatching the train step."""
+    if jax.process_count() == 1:
+      return self.received is not None
+    agreed = self._pending is not None and bool(self._pending)
+    self._pending = mesh_lib.any_process(self.received is not None, mesh)
+    return agreed
+
+  def any_process_now(self) -> bool:
+    """Whether a signal reached any process; every process must call it at the same point."""
+    self._pending = None
+    if jax.process_count() == 1:
+      return self.received is not None
+    flags = multihost_utils.process_allgather(np.array([self.received is not None], np.int32))
+    return bool(np.asarray(flags).any())
+
+  def name(self) -> str:
+    return self.received or "a signal on another process"
 
 
 # --- one incremental step ------------------------------------------------------------------
@@ -258,9 +288,10 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
         check_finite(unchecked, step, iteration - 1, last_good)
       unchecked = scalars
       reporting_now = iteration % config.log_every == 0 or iteration == max_iterations
-      stopping = run.stop.received is not None
-      saving = ((iteration % config.checkpoint_every == 0 or stopping)
-                and iteration < max_iterations)
+      stopping = run.stop.at_iteration(run.mesh)
+      # The final iteration has no periodic checkpoint: the export follows at once.
+      saving = stopping or (iteration % config.checkpoint_every == 0
+                            and iteration < max_iterations)
       if reporting_now or saving:  # nothing is reported or saved from a non-finite iteration
         check_finite(scalars, step, iteration, last_good)
         unchecked = None
@@ -271,8 +302,10 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
       if saving:
         manager.save(iteration, state, data_iterator)
         last_good = iteration
+      else:
+        manager.seal_if_finished()
       if stopping:
-        raise errors.RunStopped(f"{run.stop.received}: stopped at step {step} iteration "
+        raise errors.RunStopped(f"{run.stop.name()}: stopped at step {step} iteration "
                                 f"{iteration}, after saving a checkpoint")
       if run.iterations_this_run == config.stop_after_iterations:  # as if killed: no save
         raise errors.RunStopped(f"stopped after {run.iterations_this_run} iterations "
@@ -355,7 +388,7 @@ def draw_predictions(run: Run, facts: tasks.StepFacts, eval_step, variables) -> 
   grid = pictures.prediction_grid(images[:count], class_of_channel[labels[:count]],
                                   class_of_channel[channels[:count]],
                                   transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
-  pictures.save_png(os.path.join(checkpoint.step_dir(run.workdir, facts.step),
+  pictures.save_png(storage.join(checkpoint.step_dir(run.workdir, facts.step),
                                  "predictions.png"), grid)
   run.events.image(facts.step, "predictions", grid)
 
@@ -380,22 +413,16 @@ def _reuse_step0(run: Run, other_workdir: str) -> None:
         f"{own_meta['void_to_background']} from step 1 on")
   if jax.process_index() == 0:
     source, target = checkpoint.step_dir(other_workdir, 0), checkpoint.step_dir(run.workdir, 0)
-    os.makedirs(target, exist_ok=True)
-    for name in os.listdir(source):
-      if name == checkpoint.TRAIN_CHECKPOINTS_DIR:
-        continue
-      path = os.path.join(source, name)
-      if os.path.isdir(path):
-        shutil.copytree(path, os.path.join(target, name), dirs_exist_ok=True)
-      else:
-        shutil.copy(path, os.path.join(target, name))
+    for relative in storage.files_under(source):
+      if relative.split("/")[0] != checkpoint.TRAIN_CHECKPOINTS_DIR:
+        storage.copy_file(storage.join(source, relative), storage.join(target, relative))
   multihost_utils.sync_global_devices("reuse_step0")
   log(f"step 0: reused the finished export of {other_workdir}")
 
 
 def _step_finished(workdir: str, step: int) -> bool:
   return (checkpoint.export_exists(workdir, step)
-          and os.path.exists(checkpoint.metrics_path(workdir, step)))
+          and storage.exists(checkpoint.metrics_path(workdir, step)))
 
 
 def _remove_leftover_checkpoints(run: Run) -> None:
@@ -419,7 +446,7 @@ def _resume_point(run: Run, first_step: int, last_step: int) -> tuple[int, int |
       continue
     if checkpoint.export_exists(run.workdir, step):
       return step, None
-    if not os.path.exists(checkpoint.train_checkpoints_dir(run.workdir, step)):
+    if not storage.exists(checkpoint.train_checkpoints_dir(run.workdir, step)):
       return step, 0
     manager = checkpoint.train_manager(run.workdir, step)
     try:
@@ -434,12 +461,12 @@ def write_results(run: Run, last_step: int) -> list[dict]:
   """``results.csv``, ``summary.json`` and ``miou.png`` from every finished step."""
   summaries = [checkpoint.read_json(checkpoint.metrics_path(run.workdir, step))
                for step in range(last_step + 1)
-               if os.path.exists(checkpoint.metrics_path(run.workdir, step))]
+               if storage.exists(checkpoint.metrics_path(run.workdir, step))]
   if jax.process_index() == 0 and summaries:
-    metrics.write_results_csv(os.path.join(run.workdir, "results.csv"), run.task, summaries)
-    metrics.write_summary_json(os.path.join(run.workdir, "summary.json"), run.task, summaries)
+    metrics.write_results_csv(storage.join(run.workdir, "results.csv"), run.task, summaries)
+    metrics.write_summary_json(storage.join(run.workdir, "summary.json"), run.task, summaries)
     pictures.miou_plot(summaries, f"{run.config.dataset} {run.task.name} {run.config.method}",
-                       os.path.join(run.workdir, "miou.png"))
+                       storage.join(run.workdir, "miou.png"))
   return summaries
 
 
@@ -478,8 +505,8 @@ def _run_steps(run: Run) -> list[dict]:
     if _step_finished(workdir, step):
       log(f"step {step}: finished earlier, skipping")
       continue
-    if run.stop.received is not None:
-      raise errors.RunStopped(f"{run.stop.received}: stopped before step {step}")
+    if run.stop.any_process_now():
+      raise errors.RunStopped(f"{run.stop.name()}: stopped before step {step}")
     facts = tasks.step_facts(run.task, step)
     if checkpoint.export_exists(workdir, step):  # trained, but stopped before evaluating
       model = step_model.make_model(config, facts.classifier_sizes)

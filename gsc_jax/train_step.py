@@ -17,26 +17,51 @@ Every scalar it returns, the gradient's global norm included, is also checked fo
 finite on the device: ``scalars["finite"]`` holds one flag per name of
 ``checked_names(scalars)``, so the driver can stop a diverging run without a host
 round-trip per loss term.
+
+Gradient accumulation (``optim.accumulation_steps = k``, docs/precision_and_accumulation.md):
+steps 1-5 run on k micro-batches of the global batch in turn (``jax.lax.scan``: the memory
+of one micro-batch), micro-batch j being the rows i with ``i mod k == j`` so that each one
+is spread over every device of the "data" mesh; the parameter gradients are averaged and
+ONE optimiser update is applied (one iteration, one schedule step). Per micro-batch: BN's
+batch statistics in the forward pass ("ghost" BN), the normalisations of the losses and a
+logit-gradient transform (its state threaded through the micro-batches in order). The BN
+running averages are updated once, exactly as for the whole batch
+(``resnet.pooled_running_averages``). k = 1 is the plain step.
 """
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from gsc_jax.methods import base
+from gsc_jax.models import resnet
+
+
+class Optimizer(NamedTuple):
+  """An optax transformation (``init``, ``update``) and how many micro-batches' averaged
+  gradients make one of its updates (``optim.accumulation_steps``; ``make_train_step``
+  reads it)."""
+  init: Callable
+  update: Callable
+  accumulation_steps: int = 1
 
 
 def make_optimizer(optim_config, base_learning_rate: float, max_iterations: int):
   """SGD, Nesterov momentum, weight decay added to the gradient before momentum (PyTorch
   semantics), poly schedule ``lr = base * (1 - it / max_it) ** power`` (docs/algorithm.md
-  1.6)."""
+  1.6). Returns ``(Optimizer, schedule)``; the optimiser carries
+  ``optim.accumulation_steps`` (schedule and iterations count updates, not micro-batches)."""
   schedule = optax.polynomial_schedule(
       init_value=base_learning_rate, end_value=0.0, power=optim_config.poly_power,
       transition_steps=max_iterations)
-  optimizer = optax.chain(
+  transformation = optax.chain(
       optax.add_decayed_weights(optim_config.weight_decay),
       optax.sgd(schedule, momentum=optim_config.momentum, nesterov=optim_config.nesterov))
-  return optimizer, schedule
+  accumulation_steps = int(optim_config.get("accumulation_steps", 1))
+  return Optimizer(transformation.init, transformation.update, accumulation_steps), schedule
 
 
 def create_train_state(variables, optimizer, method: base.Method) -> dict:
@@ -102,11 +127,83 @@ def make_loss_gradients(model, teacher_model, method: base.Method, iterations_pe
   return loss_gradients
 
 
-def make_train_step(model, teacher_model, method: base.Method, optimizer,
-                    iterations_per_epoch: int):
-  """The pure train step (module docstring). ``teacher_model`` is None at step 0;
-  ``iterations_per_epoch`` gives the epoch the method's targets may depend on."""
+def micro_batches(batch: dict, accumulation_steps: int) -> dict:
+  """``[B, ...] -> [k, B / k, ...]`` per array: micro-batch j holds the rows i with
+  ``i mod k == j``, in order. The global batch is sharded over the "data" mesh in
+  contiguous blocks of rows, so (with B divisible by k x devices) every micro-batch keeps
+  B / (k x devices) rows on each device: no data moves between devices."""
+
+  def split(array):
+    rows = array.shape[0]
+    if rows % accumulation_steps:
+      raise ValueError(f"a batch of {rows} rows does not split into {accumulation_steps} "
+                       "micro-batches")
+    grouped = array.reshape(rows // accumulation_steps, accumulation_steps, *array.shape[1:])
+    return jnp.swapaxes(grouped, 0, 1)
+
+  return jax.tree.map(split, batch)
+
+
+def make_accumulated_loss_gradients(model, teacher_model, method: base.Method,
+                                    iterations_per_epoch: int, accumulation_steps: int):
+  """``loss_gradients`` (same signature and results as ``make_loss_gradients``'s) over k
+  micro-batches (``micro_batches``) under ``jax.lax.scan``:
+
+  - parameter gradients: the mean of the micro-batches' gradients (each the plain
+    ``make_loss_gradients`` gradient of its micro-batch);
+  - BN running averages: each micro-batch's forward is given zero running averages (train
+    mode only writes them) and ``resnet.pooled_running_averages`` combines the k results
+    with the old averages: the update of one batch with the pooled mean and variance;
+  - logit-gradient transform: applied per micro-batch, its state carried from one
+    micro-batch to the next; the state after the last one is returned;
+  - scalars: the mean over micro-batches of each, except ``gradient_norm`` (of the averaged
+    gradient) and the transform's (of the returned state).
+  """
   loss_gradients = make_loss_gradients(model, teacher_model, method, iterations_per_epoch)
+
+  def accumulated(state, frozen, batch):
+    zero_statistics = jax.tree.map(jnp.zeros_like, state["batch_stats"])
+
+    def micro_step(carry, micro_batch):
+      gradient_sum, transform_state = carry
+      micro_state = {**state, "batch_stats": zero_statistics}
+      if transform_state is not None:
+        micro_state["gradient_transform"] = transform_state
+      gradients, statistics, transform_state, scalars = loss_gradients(
+          micro_state, frozen, micro_batch)
+      gradient_sum = jax.tree.map(jnp.add, gradient_sum, gradients)
+      return (gradient_sum, transform_state), (statistics, scalars)
+
+    initial = (jax.tree.map(jnp.zeros_like, state["params"]),
+               state.get("gradient_transform"))
+    (gradient_sum, transform_state), (statistics, scalars) = jax.lax.scan(
+        micro_step, initial, micro_batches(batch, accumulation_steps))
+    gradients = jax.tree.map(lambda total: total / accumulation_steps, gradient_sum)
+    batch_stats = resnet.pooled_running_averages(state["batch_stats"], statistics)
+    scalars = jax.tree.map(lambda values: jnp.mean(values, axis=0), scalars)
+    scalars["gradient_norm"] = optax.global_norm(gradients)
+    if transform_state is not None:
+      scalars.update(method.transform_scalars(transform_state))
+    return gradients, batch_stats, transform_state, scalars
+
+  return accumulated
+
+
+def make_train_step(model, teacher_model, method: base.Method, optimizer,
+                    iterations_per_epoch: int, accumulation_steps: int | None = None):
+  """The pure train step (module docstring). ``teacher_model`` is None at step 0;
+  ``iterations_per_epoch`` gives the epoch the method's targets may depend on;
+  ``accumulation_steps`` (default: the optimiser's, see ``Optimizer``, else 1) the number of
+  micro-batches per update."""
+  if accumulation_steps is None:
+    accumulation_steps = getattr(optimizer, "accumulation_steps", 1)
+  if accumulation_steps < 1:
+    raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+  if accumulation_steps == 1:
+    loss_gradients = make_loss_gradients(model, teacher_model, method, iterations_per_epoch)
+  else:
+    loss_gradients = make_accumulated_loss_gradients(
+        model, teacher_model, method, iterations_per_epoch, accumulation_steps)
 
   def train_step(state, frozen, batch):
     param_gradients, batch_stats, transform_state, scalars = loss_gradients(

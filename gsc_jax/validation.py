@@ -146,7 +146,9 @@ FIELDS = {
     "model.new_classifier_init": Choice(incremental.NEW_CLASSIFIER_INITS),
     "model.activation": Choice(tuple(sorted(resnet.ACTIVATIONS))),
     "model.pretrained": Text(),
+    "model.compute_dtype": Choice(("float32", "bfloat16")),
     "optim.batch_size": POSITIVE_INTEGER,
+    "optim.accumulation_steps": POSITIVE_INTEGER,
     "optim.lr_step0": POSITIVE,
     "optim.lr_incremental": POSITIVE,
     "optim.epochs_step0": POSITIVE_INTEGER,
@@ -215,6 +217,23 @@ def _cross_field_problems(config) -> list[str]:
   return problems
 
 
+def _accumulation_problems(config, num_devices: int) -> list[str]:
+  """Gradient accumulation splits the global batch into ``optim.accumulation_steps``
+  micro-batches, each spread over every device: the batch must be divisible by k x devices
+  (docs/precision_and_accumulation.md)."""
+  batch_size, steps = config.optim.batch_size, config.optim.accumulation_steps
+  if steps == 1 or batch_size % (steps * num_devices) == 0:
+    return []
+  divisor = steps * num_devices
+  fitting = [k for k in range(1, batch_size + 1) if batch_size % (k * num_devices) == 0]
+  hint = f"set optim.batch_size to a multiple of {divisor}"
+  if fitting:
+    hint = f"set optim.accumulation_steps to one of {fitting}, or {hint.removeprefix('set ')}"
+  return [f"optim.batch_size={batch_size} must be divisible by optim.accumulation_steps x "
+          f"devices = {steps} x {num_devices} = {divisor} (each micro-batch is split over "
+          f"every device): {hint}"]
+
+
 def validate(config, num_devices: int, set_options: dict | None = None) -> None:
   """Raises ``errors.InputError`` listing every invalid field (after the preset is
   resolved, so that no field is still unset). ``set_options``: the switch options the user
@@ -233,6 +252,7 @@ def validate(config, num_devices: int, set_options: dict | None = None) -> None:
       if methods.field(config, path) % num_devices:
         problems.append(f"{path}={methods.field(config, path)} must be divisible by the "
                         f"{num_devices} devices")
+    problems += _accumulation_problems(config, num_devices)
     if not problems:
       tasks.task_of(config)  # an unknown task or a bad class order
   if problems:

@@ -14,9 +14,11 @@ import time
 
 import jax
 
+from configs import common
 from gsc_jax import checkpoint
 from gsc_jax import errors
 from gsc_jax import methods
+from gsc_jax import storage
 from gsc_jax import validation
 
 # Fields that may change between invocations sharing one work dir.
@@ -28,8 +30,8 @@ LOCK_FILE = "run.lock"
 
 def default_workdir(config) -> str:
   overlap = "ov" if config.overlap else "dis"
-  return os.path.join("runs", f"{config.dataset}_{config.task}_{config.method}_{overlap}"
-                              f"_seed{config.seed}")
+  return storage.join("runs", f"{config.dataset}_{config.task}_{config.method}_{overlap}"
+                             f"_seed{config.seed}")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -42,12 +44,15 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
-def check_same_config(saved: dict, current: dict, workdir: str) -> None:
-  """Refuses to continue a work dir with other settings than the ones it was run with."""
-  saved, current = _flatten(saved), _flatten(current)
+def check_same_config(saved: dict, current: dict, workdir: str, defaults: dict) -> None:
+  """Refuses to continue a work dir with other settings than the ones it was run with. A
+  field that a work dir written by an earlier version lacks counts as its base default
+  (``defaults``: the resolved base config)."""
+  saved, current, defaults = _flatten(saved), _flatten(current), _flatten(defaults)
   differences = [f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
                  for key in sorted(set(saved) | set(current))
-                 if key not in RESTARTABLE_FIELDS and saved.get(key) != current.get(key)]
+                 if key not in RESTARTABLE_FIELDS and saved.get(key, defaults.get(key))
+                 != current.get(key)]
   if differences:
     raise errors.InputError(
         f"work dir {workdir} holds a run with a different config:\n  "
@@ -66,10 +71,12 @@ def prepare(config, workdir_flag: str | None = None) -> str:
     config.workdir = workdir
   resolved = json.loads(config.to_json_best_effort())
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
-      check_same_config(checkpoint.read_json(path), resolved, workdir)
+    storage.make_dirs(workdir)
+    path = storage.join(workdir, "config.json")
+    if storage.exists(path):
+      defaults = common.get_base_config(config.dataset, config.task)
+      check_same_config(checkpoint.read_json(path), resolved, workdir,
+                        json.loads(defaults.to_json_best_effort()))
     checkpoint.write_json(path, resolved)
     print(f"work dir: {workdir}")
     print(f"method {config.method}: preset filled {', '.join(filled) or 'nothing'}")
@@ -88,13 +95,21 @@ def _process_exists(pid: int) -> bool:
 
 
 def _take_lock(path: str) -> bool:
-  """Creates the lock file; False if it already exists."""
+  """Creates the lock file; False if it already exists. Locally the creation is exclusive;
+  an object store has no exclusive creation, so there two runs started at the same moment
+  could both take the lock (it still refuses a run started while another one works)."""
+  holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
+  if storage.is_object_store(path):
+    if storage.exists(path):
+      return False
+    storage.write_text(path, holder)
+    return True
   try:
     descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
   except FileExistsError:
     return False
   with os.fdopen(descriptor, "w") as f:
-    json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}, f)
+    f.write(holder)
   return True
 
 
@@ -108,12 +123,11 @@ def lock(workdir: str, log=print):
   if jax.process_index() != 0:
     yield
     return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, LOCK_FILE)
+  storage.make_dirs(workdir)
+  path = storage.join(workdir, LOCK_FILE)
   while not _take_lock(path):
     try:
-      with open(path) as f:
-        holder = json.load(f)
+      holder = json.loads(storage.read_text(path))
     except (OSError, ValueError):  # half-written by a process that died at once
       holder = {}
     pid, host = holder.get("pid"), holder.get("host")
@@ -127,8 +141,8 @@ def lock(workdir: str, log=print):
           f"work dir {workdir} is in use by process {pid} (running since {since}); wait for "
           "it to end or stop it, or use another --workdir")
     log(f"note: taking over the stale lock of process {pid}, which no longer runs ({path})")
-    os.remove(path)
+    storage.remove_file(path)
   try:
     yield
   finally:
-    os.remove(path)
+    storage.remove_file(path)

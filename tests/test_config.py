@@ -108,6 +108,22 @@ def test_prepare_saves_resolved_config_and_refuses_other_settings(tmp_path):
     workdir_lib.prepare(synthetic.get_config("15-1,method=ft,seed=5"), workdir)
 
 
+def test_a_field_added_later_counts_as_its_default_in_an_older_work_dir(tmp_path):
+  """A config.json written before optim.accumulation_steps existed resumes with the
+  default, and is refused with another value."""
+  workdir = str(tmp_path / "run")
+  workdir_lib.prepare(synthetic.get_config("15-1,method=ft"), workdir)
+  path = tmp_path / "run" / "config.json"
+  older = json.loads(path.read_text())
+  del older["optim"]["accumulation_steps"]
+  path.write_text(json.dumps(older))
+  workdir_lib.prepare(synthetic.get_config("15-1,method=ft"), workdir)
+  path.write_text(json.dumps(older))
+  with pytest.raises(ValueError, match="optim.accumulation_steps: None -> 2"):
+    workdir_lib.prepare(synthetic.get_config("15-1,method=ft,optim.accumulation_steps=2"),
+                        workdir)
+
+
 def test_a_bad_value_names_the_type_the_field_takes():
   with pytest.raises(ValueError, match=r"^config key seed='1.5' is not an integer$"):
     synthetic.get_config("15-1,seed=1.5")

@@ -26,8 +26,8 @@ in a later step's test set; the per-city split here avoids that.
 
 import concurrent.futures
 import hashlib
+import io
 import json
-import os
 import sys
 import time
 import zipfile
@@ -35,8 +35,8 @@ import zlib
 
 import numpy as np
 
-from gsc_jax import atomic_files
 from gsc_jax import errors
+from gsc_jax import storage
 from gsc_jax import tasks
 
 SCAN_THREADS = 8  # PNG decoding releases the GIL
@@ -72,14 +72,13 @@ def cache_dir(cache_root: str, dataset: str, source, fingerprint: str | None) ->
   every label file); None when nothing is cached."""
   if not cache_root or fingerprint is None:
     return None
-  return os.path.join(os.path.expanduser(cache_root), dataset,
-                      f"{source.split}-{fingerprint[:16]}")
+  return storage.join(cache_root, dataset, f"{source.split}-{fingerprint[:16]}")
 
 
 def label_classes(source, description: str, source_cache_dir: str | None) -> list[np.ndarray]:
   """The distinct label values of every image, from the cache or a scan (then cached)."""
-  path = source_cache_dir and os.path.join(source_cache_dir, "label_classes.npz")
-  if path and os.path.exists(path):
+  path = source_cache_dir and storage.join(source_cache_dir, "label_classes.npz")
+  if path and storage.exists(path):
     cached = _read_label_classes(path)
     if cached is not None and len(cached) == len(source):
       return cached
@@ -90,7 +89,7 @@ def label_classes(source, description: str, source_cache_dir: str | None) -> lis
   if path:
     offsets = np.cumsum([0] + [len(c) for c in classes])
     values = np.concatenate(classes).astype(np.uint8)
-    atomic_files.write_atomically(path, lambda tmp: _write_npz(tmp, values=values, offsets=offsets))
+    storage.write_with(path, lambda f: np.savez(f, values=values, offsets=offsets))
   return classes
 
 
@@ -103,7 +102,7 @@ def _read_label_classes(path: str) -> list[np.ndarray] | None:
   """The per-image label values cached in ``path``; None (after a warning naming the
   file) when it cannot be read."""
   try:
-    with np.load(path) as cached:
+    with np.load(io.BytesIO(storage.read_bytes(path))) as cached:
       values, offsets = cached["values"], cached["offsets"]
   except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError,
           zipfile.BadZipFile, zlib.error) as error:  # what a garbled npz raises
@@ -120,8 +119,7 @@ def _read_cached_list(path: str, num_images: int) -> dict | None:
   """The cached image list record in ``path``, with in-range integer indices, a names list
   and a content hash; None (after a warning naming the file) when it cannot be read."""
   try:
-    with open(path) as f:
-      cached = json.load(f)
+    cached = json.loads(storage.read_bytes(path).decode("utf-8"))
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
     _warn_corrupt(path, f"{type(error).__name__}: {error}", "computing the list again")
     return None
@@ -177,12 +175,12 @@ class StepLists:
     order = zlib.crc32(self.config.class_order.encode()) if self.config.class_order else "natural"
     overlap = "ov" if self.config.overlap else "dis"
     name = f"{split}_{self.task.name}_{order}_{overlap}_step{step}.json"
-    return os.path.join(source_cache_dir, name)
+    return storage.join(source_cache_dir, name)
 
   def _indices(self, split: str, step: int) -> np.ndarray:
     source = self.sources[split]
     path = self._cache_path(split, step)
-    cached = _read_cached_list(path, len(source)) if path and os.path.exists(path) else None
+    cached = _read_cached_list(path, len(source)) if path and storage.exists(path) else None
     if cached is not None:
       names = [source.name(i) for i in cached["indices"]]
       if names == cached["names"] and content_hash(names) == cached["content_hash"]:
@@ -195,7 +193,7 @@ class StepLists:
       record = {**self._key(split, step), "source_fingerprint": self._fingerprint(split),
                 "num_images": len(names), "content_hash": content_hash(names),
                 "indices": indices.tolist(), "names": names}
-      atomic_files.write_atomically(path, lambda tmp: _write_json(tmp, record))
+      storage.write_text(path, json.dumps(record))
     return indices
 
   def _compute(self, split: str, step: int) -> np.ndarray:
@@ -212,16 +210,6 @@ class StepLists:
     else:
       keep = lambda c: tasks.keep_test_image(c, task, step)
     return tasks.step_indices(classes, keep)
-
-
-def _write_json(path: str, record: dict) -> None:
-  with open(path, "w") as f:
-    json.dump(record, f)
-
-
-def _write_npz(path: str, **arrays) -> None:
-  with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a name
-    np.savez(f, **arrays)
 
 
 def domain_indices(source, task: tasks.Task, step: int, split: str, test_fraction: float,

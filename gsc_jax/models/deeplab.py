@@ -18,6 +18,7 @@ conversion is a name-for-name mapping.
 
 import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -62,11 +63,13 @@ class ASPPHead(nn.Module):
   channels: int = 256
   output_stride: int = 16
   activation: str = "leaky_relu"
+  dtype: Any = jnp.float32  # compute dtype; parameters and BN statistics stay float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(resnet.conv, kernel_init=head_kernel_init(self.activation))
-    batch_norm = resnet.batch_norm
+    conv = functools.partial(resnet.conv, kernel_init=head_kernel_init(self.activation),
+                             dtype=self.dtype)
+    batch_norm = functools.partial(resnet.batch_norm, dtype=self.dtype)
     act = resnet.activation_function(self.activation)
 
     branches = [conv(self.channels, 1, name="map_conv0")(x)]
@@ -100,25 +103,35 @@ class DeepLabV3(nn.Module):
     stages      four arrays: pre-activation output of each ResNet stage's last block
   The last three exist for distillation between the previous-step and current model.
   ``activation`` ("leaky_relu" or "relu") is used by the backbone and the head alike.
+
+  ``dtype`` (``model.compute_dtype``: float32 or bfloat16) is what the backbone and the head
+  compute in; parameters and BN statistics are float32 either way. Every output is float32:
+  ``head`` and ``stages`` are cast to float32 where the network produces them, the
+  classifiers (1x1, a negligible share of the compute) run in float32 on the float32 head,
+  and the upsampling is float32. So every loss, its gradient with respect to the logits
+  and GSC's compensation transform compute in float32 (docs/precision_and_accumulation.md).
   """
   classes_per_step: tuple[int, ...]
   backbone: str = "resnet101"
   output_stride: int = 16
   head_channels: int = 256
   activation: str = "leaky_relu"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images, train: bool) -> dict:
     encoder = resnet.make_resnet(self.backbone, self.output_stride, self.activation,
-                                 name="backbone")
+                                 dtype=self.dtype, name="backbone")
     features, stages = encoder(images, train)
     head = ASPPHead(channels=self.head_channels, output_stride=self.output_stride,
-                    activation=self.activation, name="head")(features, train)
+                    activation=self.activation, dtype=self.dtype, name="head")(features, train)
+    head = head.astype(jnp.float32)
+    stages = tuple(stage.astype(jnp.float32) for stage in stages)
 
     per_step_logits = [
         nn.Conv(num_classes, (1, 1), use_bias=True, kernel_init=resnet.conv_kernel_init,
-                bias_init=classifier_bias_init(self.head_channels),
-                name=f"classifier_{step}")(head)
+                bias_init=classifier_bias_init(self.head_channels), dtype=jnp.float32,
+                param_dtype=jnp.float32, name=f"classifier_{step}")(head)
         for step, num_classes in enumerate(self.classes_per_step)]
     logits_low = jnp.concatenate(per_step_logits, axis=-1)
 

@@ -24,14 +24,21 @@ block of each stage BEFORE its final activation. Distillation methods (PLOP's po
 outputs, GSC's feature distillation) are defined on these pre-activation tensors: the
 negative part, which leaky ReLU squashes by 100x, still carries information there.
 
+Precision: ``dtype`` (``model.compute_dtype``) is the dtype the convolutions and
+activations compute in; the parameters are float32 whatever it is, and every BatchNorm
+computes its statistics, normalises and keeps its running averages in float32, casting
+only its output to ``dtype`` (docs/precision_and_accumulation.md).
+
 Module and parameter names are systematic so that a converter can map PyTorch checkpoints
 onto them: ``stem_conv``, ``stem_bn``, ``stage{s}_block{b}/{conv1,bn1,conv2,bn2,conv3,bn3,
 downsample_conv,downsample_bn}``.
 """
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from gsc_jax import errors
 
@@ -96,8 +103,12 @@ def activation_function(name: str):
   return ACTIVATIONS[name]
 
 
-def batch_norm(train: bool, name: str) -> nn.BatchNorm:
+def batch_norm(train: bool, name: str, dtype: Any = jnp.float32) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults: batch statistics in training, running ones otherwise.
+
+  ``dtype`` is the dtype of its output (the compute dtype, docs/precision_and_accumulation.md);
+  whatever it is, the batch statistics, the normalisation itself, the scale and bias and the
+  running averages are float32 (flax reduces in float32 and keeps ``batch_stats`` float32).
 
   Under ``jax.jit`` with the batch sharded over devices the statistics are global, i.e. the
   "sync" of in-place ABN sync. Variance is computed in two passes (as PyTorch does) rather
@@ -107,16 +118,51 @@ def batch_norm(train: bool, name: str) -> nn.BatchNorm:
   n = pixels per channel in the batch), negligible at segmentation batch sizes.
   """
   return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
-                      epsilon=BATCH_NORM_EPSILON, use_fast_variance=False, name=name)
+                      epsilon=BATCH_NORM_EPSILON, use_fast_variance=False, dtype=dtype,
+                      param_dtype=jnp.float32, force_float32_reductions=True, name=name)
+
+
+def pooled_running_averages(batch_stats, micro_batch_updates):
+  """The running averages after one batch made of k equal-size
+  micro-batches, exactly as if their union had been one batch (gradient accumulation,
+  docs/precision_and_accumulation.md).
+
+  ``batch_stats``: the running averages before the batch. ``micro_batch_updates``: for each
+  micro-batch, the ``batch_stats`` that its train-mode forward returned when it was given
+  running averages of ZERO (so each leaf holds ``(1 - momentum) * statistic`` of that
+  micro-batch; train mode never reads the running averages), stacked on a leading axis of
+  size k.
+  Per BatchNorm, with ``mu_j`` and ``v_j`` the mean and biased variance of micro-batch j:
+
+    mu = mean_j mu_j,   v = mean_j v_j + mean_j (mu_j - mu)^2   (law of total variance)
+    mean <- momentum * mean + (1 - momentum) * mu,   var <- momentum * var + (1 - momentum) * v
+
+  the batch mean and biased variance of the union of the micro-batches (equal sizes).
+  """
+  rate = 1.0 - BATCH_NORM_MOMENTUM
+
+  def pooled(old, updates):
+    if set(old) == {"mean", "var"} and not isinstance(old["mean"], dict):
+      means = updates["mean"] / rate
+      variances = updates["var"] / rate
+      mean = jnp.mean(means, axis=0)
+      variance = jnp.mean(variances, axis=0) + jnp.mean(jnp.square(means - mean), axis=0)
+      return {"mean": BATCH_NORM_MOMENTUM * old["mean"] + rate * mean,
+              "var": BATCH_NORM_MOMENTUM * old["var"] + rate * variance}
+    return {name: pooled(old[name], updates[name]) for name in old}
+
+  return pooled(batch_stats, micro_batch_updates)
 
 
 def conv(features: int, kernel_size: int, name: str, stride: int = 1,
-         dilation: int = 1, padding: int = 0, kernel_init=conv_kernel_init) -> nn.Conv:
-  """A bias-free square convolution with explicit symmetric padding (PyTorch semantics)."""
+         dilation: int = 1, padding: int = 0, kernel_init=conv_kernel_init,
+         dtype: Any = jnp.float32) -> nn.Conv:
+  """A bias-free square convolution with explicit symmetric padding (PyTorch semantics),
+  computing in ``dtype`` with a float32 kernel."""
   return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)),
                  kernel_dilation=(dilation, dilation), use_bias=False,
-                 kernel_init=kernel_init, name=name)
+                 kernel_init=kernel_init, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 class Bottleneck(nn.Module):
@@ -129,24 +175,27 @@ class Bottleneck(nn.Module):
   stride: int = 1
   dilation: int = 1
   activation: str = "leaky_relu"
+  dtype: Any = jnp.float32  # compute dtype; parameters and BN statistics stay float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     out_channels = self.width * BOTTLENECK_EXPANSION
     act = activation_function(self.activation)
+    dtype = self.dtype
 
-    y = conv(self.width, 1, name="conv1")(x)
-    y = act(batch_norm(train, "bn1")(y))
+    y = conv(self.width, 1, name="conv1", dtype=dtype)(x)
+    y = act(batch_norm(train, "bn1", dtype)(y))
     y = conv(self.width, 3, name="conv2", stride=self.stride, dilation=self.dilation,
-             padding=self.dilation)(y)
-    y = act(batch_norm(train, "bn2")(y))
-    y = conv(out_channels, 1, name="conv3")(y)
-    y = batch_norm(train, "bn3")(y)  # no activation before the sum
+             padding=self.dilation, dtype=dtype)(y)
+    y = act(batch_norm(train, "bn2", dtype)(y))
+    y = conv(out_channels, 1, name="conv3", dtype=dtype)(y)
+    y = batch_norm(train, "bn3", dtype)(y)  # no activation before the sum
 
     shortcut = x
     if self.stride != 1 or x.shape[-1] != out_channels:
-      shortcut = conv(out_channels, 1, name="downsample_conv", stride=self.stride)(x)
-      shortcut = batch_norm(train, "downsample_bn")(shortcut)  # no activation
+      shortcut = conv(out_channels, 1, name="downsample_conv", stride=self.stride,
+                      dtype=dtype)(x)
+      shortcut = batch_norm(train, "downsample_bn", dtype)(shortcut)  # no activation
     return y + shortcut
 
 
@@ -155,20 +204,21 @@ class ResNet(nn.Module):
 
   Returns ``(features, stage_pre_activations)``: the activated output of the last stage
   (the input of the segmentation head) and a tuple with, for each of the four stages, the
-  pre-activation residual sum of its last block.
+  pre-activation residual sum of its last block, all in the compute dtype ``dtype``.
   """
   blocks_per_stage: tuple[int, ...]
   base_width: int = 64
   output_stride: int = 16
   activation: str = "leaky_relu"  # or "relu" (see ACTIVATIONS)
+  dtype: Any = jnp.float32  # compute dtype of every layer (float32 or bfloat16)
 
   @nn.compact
   def __call__(self, x, train: bool):
     check_output_stride(self.output_stride)
     act = activation_function(self.activation)
 
-    x = conv(self.base_width, 7, name="stem_conv", stride=2, padding=3)(x)
-    x = act(batch_norm(train, "stem_bn")(x))
+    x = conv(self.base_width, 7, name="stem_conv", stride=2, padding=3, dtype=self.dtype)(x)
+    x = act(batch_norm(train, "stem_bn", self.dtype)(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
     stage_pre_activations = []
@@ -179,7 +229,7 @@ class ResNet(nn.Module):
       for block_index in range(num_blocks):
         pre_activation = Bottleneck(
             width=width, stride=stride if block_index == 0 else 1, dilation=dilation,
-            activation=self.activation,
+            activation=self.activation, dtype=self.dtype,
             name=f"stage{stage_index + 1}_block{block_index}")(x, train)
         x = act(pre_activation)
       stage_pre_activations.append(pre_activation)

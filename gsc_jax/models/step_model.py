@@ -8,19 +8,34 @@ which adds no class.
 """
 
 import jax
+import jax.numpy as jnp
 
+from gsc_jax import errors
 from gsc_jax import mesh as mesh_lib
 from gsc_jax.models import convert
 from gsc_jax.models import deeplab
 from gsc_jax.models import incremental
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config):
+  """The dtype ``model.compute_dtype`` names (docs/precision_and_accumulation.md)."""
+  name = config.model.get("compute_dtype", "float32")
+  if name not in COMPUTE_DTYPES:
+    raise errors.InputError(f"unknown model.compute_dtype {name!r}; valid: "
+                            f"{', '.join(COMPUTE_DTYPES)}")
+  return COMPUTE_DTYPES[name]
+
+
 def make_model(config, classifier_sizes) -> deeplab.DeepLabV3:
-  """The DeepLabV3 with one classifier per entry of ``classifier_sizes``."""
+  """The DeepLabV3 with one classifier per entry of ``classifier_sizes``, computing in
+  ``model.compute_dtype`` (the teacher, built here too, computes in the same dtype)."""
   return deeplab.DeepLabV3(
       classes_per_step=tuple(classifier_sizes), backbone=config.model.backbone,
       output_stride=config.model.output_stride, head_channels=config.model.head_channels,
-      activation=config.model.activation)
+      activation=config.model.activation, dtype=compute_dtype(config))
 
 
 def abstract_variables(model, mesh):

@@ -22,8 +22,10 @@ training itself is ``python -m gsc_jax.main`` (README).
   benchmark            runs a benchmark grid and writes its table (docs/benchmark.md):
       python -m gsc_jax.tools.benchmark --benchmark=configs/synthetic_benchmark.py \\
           --workdir=runs/benchmark
-  step_cost            times one train step of each method, relative to fine-tuning:
-      python -m gsc_jax.tools.step_cost --config=configs/synthetic.py:15-1 --step=1
+  performance          measures train and eval steps, compile and init time, the input
+                       pipeline, memory, each method's step relative to fine-tuning and
+                       a PyTorch reference step (docs/performance.md):
+      python -m gsc_jax.tools.performance --config=configs/synthetic.py:15-1
   compare_reference    trains MiB or PLOP with their released code (imported from a
                        checkout, run by reference_driver.py in an interpreter with torch)
                        and with gsc_jax on one tree, and compares them step by step
