@@ -175,15 +175,13 @@ def _without_scheme(location) -> str:
 
 def remove_tree(location) -> None:
   """Removes a directory and everything in it; nothing when it does not exist."""
-  target = path(location)
-  if target.exists():
-    target.rmtree()
+  if exists(location):
+    path(location).rmtree()
 
 
 def remove_file(location) -> None:
-  target = path(location)
-  if target.exists():
-    target.unlink()
+  if exists(location):
+    path(location).unlink()
 
 
 def copy_file(source, target) -> None:
