@@ -384,12 +384,12 @@ def test_local_kills_the_other_process_after_a_failure(tmp_path, fake_python):
   assert "killing it" in result.stderr
 
 
-def _default_signals():
-  """In the script's process: SIGINT and SIGTERM as in a terminal. A test run started in the
-  background of a non-interactive shell has SIGINT ignored, which its children inherit, and
-  a shell cannot trap a signal ignored on entry."""
-  signal.signal(signal.SIGINT, signal.SIG_DFL)
-  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+# Starts the script with SIGINT and SIGTERM as in a terminal: a test run started in the
+# background of a non-interactive shell has SIGINT ignored, which its children inherit, and
+# a shell cannot trap a signal ignored on entry. (exec keeps the default dispositions.)
+WITH_DEFAULT_SIGNALS = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                        "signal.signal(signal.SIGTERM, signal.SIG_DFL); "
+                        "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 @pytest.mark.parametrize("sig, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
@@ -402,9 +402,9 @@ def test_local_forwards_a_signal_once_to_both(tmp_path, fake_python, sig, to_gro
   would not show it)."""
   record = fake_python[1]
   proc = subprocess.Popen(
-      [str(LOCAL)], env=_local_env(tmp_path, fake_python, FAKE_SLEEP_0="30", FAKE_SLEEP_1="30"),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-      preexec_fn=_default_signals)
+      [sys.executable, "-c", WITH_DEFAULT_SIGNALS, str(LOCAL)],
+      env=_local_env(tmp_path, fake_python, FAKE_SLEEP_0="30", FAKE_SLEEP_1="30"),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
   try:
     deadline = time.time() + 30
     while not all((record / f"started_{p}").exists() for p in "01"):
