@@ -37,6 +37,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from gsc_jax import errors
+from gsc_jax import mesh as mesh_lib
 from gsc_jax import reporting
 from gsc_jax import storage
 
@@ -120,10 +121,7 @@ def checksum_problem(directory: str, shown_under: str = "") -> str | None:
 def _agreed(problem: str | None) -> str | None:
   """``problem``, or a problem when any other process found one: every process takes the
   same decision about a checkpoint."""
-  if jax.process_count() == 1:
-    return problem
-  flags = multihost_utils.process_allgather(np.array([problem is not None], np.int32))
-  if problem is None and np.asarray(flags).any():
+  if mesh_lib.any_process_now(problem is not None) and problem is None:
     return "another process found a problem with it"
   return problem
 

@@ -8,6 +8,7 @@ batch-sharded array every mean and sum over the batch (BN statistics included) i
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
@@ -69,6 +70,15 @@ def global_batches(dataset, num_batches: int, mesh):
 @jax.jit
 def _any_row(flags):
   return jnp.max(flags) > 0
+
+
+def any_process_now(flag: bool) -> bool:
+  """Whether ``flag`` is True on any process, at once (every process must call it at the
+  same point; a single process returns its own flag)."""
+  if jax.process_count() == 1:
+    return flag
+  flags = multihost_utils.process_allgather(np.array([flag], np.int32))
+  return bool(np.asarray(flags).any())
 
 
 def any_process(flag: bool, mesh) -> jax.Array:

@@ -124,10 +124,7 @@ class StopSignals:
   def any_process_now(self) -> bool:
     """Whether a signal reached any process; every process must call it at the same point."""
     self._pending = None
-    if jax.process_count() == 1:
-      return self.received is not None
-    flags = multihost_utils.process_allgather(np.array([self.received is not None], np.int32))
-    return bool(np.asarray(flags).any())
+    return mesh_lib.any_process_now(self.received is not None)
 
   def name(self) -> str:
     return self.received or "a signal on another process"

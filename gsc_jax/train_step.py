@@ -60,7 +60,7 @@ def make_optimizer(optim_config, base_learning_rate: float, max_iterations: int)
   transformation = optax.chain(
       optax.add_decayed_weights(optim_config.weight_decay),
       optax.sgd(schedule, momentum=optim_config.momentum, nesterov=optim_config.nesterov))
-  accumulation_steps = int(optim_config.get("accumulation_steps", 1))
+  accumulation_steps = int(optim_config.accumulation_steps)
   return Optimizer(transformation.init, transformation.update, accumulation_steps), schedule
 
 

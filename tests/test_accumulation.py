@@ -37,21 +37,19 @@ def label_targets(labels, teacher_outputs, frozen, epoch):
   return labels, 0.5 + 0.5 * jnp.mean((labels == 0).astype(jnp.float32), axis=(1, 2))
 
 
-def _setup(images=None, labels=None, extra=""):
+def _setup():
   """GSC at step 1 of 2-1 (K_old = 3, K = 4: compensation, relation, POD) on a tiny random
   model; its targets are the batch's labels (``label_targets``)."""
   config = synthetic.get_config(
       f"2-1,method=gsc,model.backbone=resnet_tiny,model.head_channels=8,"
-      f"data.crop_size={SIZE},optim.accumulation_steps={K}{extra}")
+      f"data.crop_size={SIZE},optim.accumulation_steps={K}")
   methods.resolve_preset(config)
   facts = tasks.step_facts(tasks.task_of(config), 1)
   model = step_model.make_model(config, facts.classifier_sizes)
   teacher_model = step_model.make_model(config, facts.teacher_classifier_sizes)
-  if images is None:
-    images = jax.random.normal(jax.random.key(0), (BATCH, SIZE, SIZE, 3))
-  if labels is None:
-    labels = jnp.asarray(np.random.default_rng(0).choice([0, 1, 2, 3, 255],
-                                                         size=images.shape[:3]), jnp.int32)
+  images = jax.random.normal(jax.random.key(0), (BATCH, SIZE, SIZE, 3))
+  labels = jnp.asarray(np.random.default_rng(0).choice([0, 1, 2, 3, 255],
+                                                       size=images.shape[:3]), jnp.int32)
   teacher_variables = teacher_model.init(jax.random.key(1), images, train=False)
   variables = model.init(jax.random.key(2), images, train=False)
   method = methods.build(config, facts, model, teacher_model)._replace(

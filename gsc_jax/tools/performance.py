@@ -552,7 +552,7 @@ def machine_description() -> dict:
         if line.startswith("model name"):
           cpu = line.split(":", 1)[1].strip()
           break
-  except OSError:
+  except OSError:  # no /proc (not Linux): keep the platform module's name
     pass
   description = {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
                  "jax": jax.__version__, "jaxlib": jaxlib.__version__,
