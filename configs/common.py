@@ -42,12 +42,12 @@ def parse_arg(arg: str) -> tuple[str, dict[str, str]]:
   return parts[0], overrides
 
 
-def _field_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+def field_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
   paths = []
   for key, value in config.items():
     path = prefix + key
     if isinstance(value, ml_collections.ConfigDict):
-      paths += _field_paths(value, path + ".")
+      paths += field_paths(value, path + ".")
     else:
       paths.append(path)
   return paths
@@ -78,13 +78,31 @@ def _type_description(key: str, field_type) -> str:
   return descriptions.get(field_type, f"a {getattr(field_type, '__name__', field_type)}")
 
 
+def unknown_key_message(key: str, config: ml_collections.ConfigDict) -> str:
+  """The error for a config key that does not exist: the closest existing keys, and the keys
+  of the same section (or the top-level keys and sections) rather than all of them."""
+  valid_paths = field_paths(config)
+  section, _, leaf = key.rpartition(".")
+  siblings = sorted(path.removeprefix(f"{section}.") for path in valid_paths
+                    if path.rpartition(".")[0] == section)
+  if siblings:  # a known section: its keys, matched by the last name
+    hint = errors.did_you_mean(leaf, siblings, prefix=f"{section}." if section else "")
+    where = f"the keys of {section}" if section else "the top-level keys"
+  else:  # an unknown section: matched against every key; the top level and its sections
+    hint = errors.did_you_mean(key, valid_paths)
+    siblings = sorted({path.split(".")[0] + ("." if "." in path else "")
+                       for path in valid_paths})
+    where = "the top-level keys and sections"
+  return (f"unknown config key {key!r}; {hint}{where}: {', '.join(siblings)} "
+          "(every field: configs/common.py)")
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
   """Sets ``config.<key> = value`` for each override, keeping each field's type."""
-  valid_paths = _field_paths(config)
+  valid_paths = field_paths(config)
   for key, text in overrides.items():
     if key not in valid_paths:
-      raise errors.InputError(
-          f"unknown config key {key!r}; valid keys: {', '.join(sorted(valid_paths))}")
+      raise errors.InputError(unknown_key_message(key, config))
     *parents, leaf = key.split(".")
     node = config
     for parent in parents:

@@ -12,10 +12,11 @@ Every VOC task name works (21 classes by default); ``data.num_classes=151`` give
 tasks. The images are generated on the fly from (seed, split, index); see
 gsc_jax/data/synthetic.py for what each class looks like.
 
-Expected (seed 0, measured on a 2-core AMD EPYC CPU; README "Results", which also gives
-the spread to expect on other machines, about 5 points): 15-1 with MiB in about 3 minutes,
-final mIoU old/new/all 65.2/41.6/59.6; fine-tuning 5.5/8.6/6.3 (it forgets the old
-classes); joint training (offline) 71.3 all.
+Expected (seed 0, measured on an idle 2-core AMD EPYC CPU; README "Results", which also
+gives the spread measured on other machines: "all" 52-60): 15-1 with MiB in 5.7 minutes
+(10.4 CPU-minutes; 4.9 minutes when run again, its compiled programs cached), final mIoU
+old/new/all 65.2/41.6/59.6; fine-tuning 5.5/8.6/6.3 (it forgets the old classes); joint
+training (offline) 71.3 all.
 
 The schedule is shortened for the CPU (6 epochs at step 0, 10 per incremental step, lr
 0.05 / 0.01); the other optimiser settings are the published ones.

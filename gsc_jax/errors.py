@@ -24,3 +24,17 @@ class RunStopped(Exception):
 class RunDiverged(Exception):
   """A loss term or the gradient became non-finite; nothing from the diverged model was
   saved. The message names the step, the iteration and the terms."""
+
+
+def closest(word: str, candidates) -> list[str]:
+  """Up to three of ``candidates`` closest to ``word`` in spelling (difflib's ratio >= 0.6),
+  best first; for "did you mean" hints."""
+  import difflib  # pylint: disable=import-outside-toplevel
+  return difflib.get_close_matches(str(word), [str(c) for c in candidates], n=3, cutoff=0.6)
+
+
+def did_you_mean(word: str, candidates, prefix: str = "") -> str:
+  """"did you mean X? " (or "X or Y? ") for the candidates closest to ``word``, each shown
+  after ``prefix``; "" when none is close."""
+  matches = [prefix + match for match in closest(word, candidates)]
+  return f"did you mean {' or '.join(matches)}? " if matches else ""

@@ -13,6 +13,9 @@ such as ``gs://BUCKET/run`` works), and the multi-host flags:
   local processes: ``launch/local_two_process.sh``.
 
 Every process runs the same command; launch/README.md has the commands for pods and SLURM.
+``--compilation_cache=DIR|none`` moves or turns off the persistent compilation cache
+(default ~/.cache/gsc_jax/xla; gsc_jax/compilation_cache.py). ``--show_config`` prints the
+resolved config (it is always saved as <workdir>/config.json).
 
 Exit codes: 0 done; 2 bad input (one line saying what to fix); 3 stopped on purpose
 (a signal or ``stop_after_iterations``: run the same command to resume); 4 diverged (a
@@ -32,7 +35,11 @@ platform_flags.set_default_cpu_flags()  # before jax starts its backend
 
 import jax  # pylint: disable=wrong-import-position
 
+from configs import common  # pylint: disable=wrong-import-position
+from gsc_jax import compilation_cache  # pylint: disable=wrong-import-position
 from gsc_jax import errors  # pylint: disable=wrong-import-position
+from gsc_jax import methods  # pylint: disable=wrong-import-position
+from gsc_jax import tasks  # pylint: disable=wrong-import-position
 from gsc_jax import train  # pylint: disable=wrong-import-position
 from gsc_jax import workdir as workdir_lib  # pylint: disable=wrong-import-position
 from gsc_jax.reporting import log  # pylint: disable=wrong-import-position
@@ -48,6 +55,30 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "Number of processes of the run (implies --distributed).")
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "This process's id, 0..num_processes-1 (implies --distributed).")
+_SHOW_CONFIG = flags.DEFINE_bool(
+    "show_config", False, "Print the resolved config (always saved as <workdir>/config.json).")
+flags.adopt_module_key_flags(compilation_cache)  # --compilation_cache in --help
+
+DATASET_CONFIGS = {"synthetic": "configs/synthetic.py", "voc": "configs/voc.py",
+                   "ade": "configs/ade.py", "cityscapes": "configs/cityscapes.py"}
+
+
+def usage_text() -> str:
+  """What ``--help`` adds to this docstring: the methods, the tasks of each dataset and
+  where the config fields are."""
+  lines = ["Methods (method=NAME; one module each in gsc_jax/methods/):"]
+  for name in methods.names():
+    first_paragraph = " ".join((methods.module_of(name).__doc__ or "").split("\n\n")[0].split())
+    summary = first_paragraph.split(":")[0].rstrip(".")
+    lines.append(f"  {name:5s} {summary}")
+  lines.append("Tasks (--config=FILE:TASK[,key=value,...]):")
+  for dataset, path in DATASET_CONFIGS.items():
+    lines.append(f"  {path:22s} {', '.join(tasks.valid_task_names(dataset))}")
+  lines += ["Config fields: every field, its default and meaning in configs/common.py "
+            "(get_base_config);",
+            "  set one as --config=FILE:TASK,section.key=value or --config.section.key=value.",
+            "Example: python -m gsc_jax.main --config=configs/synthetic.py:15-1,method=plop"]
+  return "\n".join(lines)
 
 
 def distributed_arguments() -> dict | None:
@@ -82,6 +113,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # orbax and grain report every save at INFO level; keep the progress lines readable.
   logging.set_verbosity(logging.WARNING)
+  compilation_cache.enable_from_flag()  # before anything compiles
   try:
     initialize_distributed()
   except errors.InputError as error:
@@ -98,6 +130,8 @@ def main(argv):
     sys.exit(2)
   try:
     workdir = workdir_lib.prepare(config, _WORKDIR.value)
+    if _SHOW_CONFIG.value and jax.process_index() == 0:
+      print("config:\n" + config.to_json_best_effort(indent=2), flush=True)
     train.train_and_evaluate(config, workdir)
   except errors.InputError as error:
     print(f"error: {error}", file=sys.stderr)
@@ -115,22 +149,24 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as error:
-    overrides = [arg.split("=")[0] for arg in argv if arg.startswith("--config.")]
-    print(f"error: unknown config field {_one_line(error)} (in {', '.join(overrides)}); "
-          "every field is listed in configs/common.py (get_base_config)", file=sys.stderr)
+    print(f"error: {_unknown_override_message(argv, error)}", file=sys.stderr)
     sys.exit(2)
   except flags.Error as error:
     print(f"error: {_innermost_input_error(error) or error}", file=sys.stderr)
     sys.exit(2)
 
 
-def _one_line(error) -> str:
-  """The text of ``error`` (ml_collections puts a 'Did you mean' hint on a second line)
-  with its lines joined by '; ' and without the quotes a KeyError adds."""
-  text = str(error.args[0]) if error.args else str(error)
-  # An AttributeError that wraps a KeyError holds the KeyError's repr: escaped quotes, \n.
-  text = text.replace("\\n", "\n").replace("\\'", "'")
-  return "; ".join(part.strip(" '\"") for part in text.splitlines() if part.strip())
+def _unknown_override_message(argv, error) -> str:
+  """The error for a ``--config.<key>=`` override naming no field: the closest keys and the
+  keys of its section (``common.unknown_key_message``)."""
+  base = common.get_base_config("synthetic", "15-1")  # every dataset has the same fields
+  known = set(common.field_paths(base))
+  for arg in argv:
+    if arg.startswith("--config."):
+      key = arg.removeprefix("--config.").split("=")[0]
+      if key not in known:
+        return common.unknown_key_message(key, base)
+  return f"unknown config field: {error}"
 
 
 def _innermost_input_error(error):
@@ -145,4 +181,5 @@ def _innermost_input_error(error):
 
 
 if __name__ == "__main__":
+  __doc__ += "\n" + usage_text()  # absl's --help prints the main module's docstring
   app.run(main, flags_parser=parse_flags)

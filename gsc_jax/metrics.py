@@ -10,6 +10,12 @@ and mIoU is the mean IoU over the classes with at least one ground-truth pixel.
 ``summarize_step`` maps channels back to class ids and reports "all" (mIoU over the seen
 classes), "old" (the classes of step 0, background included), "new" (the other seen
 classes) and one mean per step group; "avg" is the mean over steps of "all".
+
+Units: the summaries computed here, ``step_<t>/metrics.json`` and the evaluation records of
+log.jsonl hold fractions in [0, 1]; everything a person reads holds percent: the console,
+TensorBoard, ``results.csv`` (its headers say "(%)") and ``summary.json`` (``"miou_unit":
+"percent"``). ``read_summary_json`` reads both that and the fractions of files written
+before the unit was recorded.
 """
 
 import csv
@@ -134,24 +140,29 @@ def _class_iou_of(summary: dict, class_id: int):
   return iou[class_id] if class_id in iou else iou.get(str(class_id))
 
 
+PERCENT_UNIT = "percent"
+
+
 def _format_value(value) -> str:
-  return "" if value is None else f"{value:.4f}"
+  """A fraction as percent with 2 decimals (the 4 decimals of the fraction); "" for None."""
+  return "" if value is None else f"{100 * value:.2f}"
 
 
 def write_results_csv(path: str, task: tasks.Task, step_summaries: list[dict]) -> None:
   """One row per step: step, all, old, new, the IoU of every class id, and the evaluation
   protocol in words (``evaluation_protocol``).
 
-  Floats have 4 decimals (fractions, not percent). An empty cell is a value that does not
-  exist: a class not seen yet at that step, a seen class without ground-truth pixels, or
-  "new" at step 0. Every value column is therefore numeric (``pandas.read_csv`` reads the
-  empty cells as NaN, ``csv`` as ""); which classes each step adds is in summary.json
-  ("steps").
+  Values are percent with 2 decimals; the headers say so: ``all (%)``, ``old (%)``,
+  ``new (%)``, ``IoU <class id> (%)``. An empty cell is a value that does not exist: a class
+  not seen yet at that step, a seen class without ground-truth pixels, or "new" at step 0.
+  Every value column is therefore numeric (``pandas.read_csv`` reads the empty cells as
+  NaN, ``csv`` as ""); which classes each step adds is in summary.json ("steps").
   """
   class_ids = list(range(task.num_classes))
   text = io.StringIO(newline="")
   writer = csv.writer(text)
-  writer.writerow(["step", "all", "old", "new"] + [str(c) for c in class_ids] + ["evaluation"])
+  writer.writerow(["step", "all (%)", "old (%)", "new (%)"]
+                  + [f"IoU {c} (%)" for c in class_ids] + ["evaluation"])
   for summary in step_summaries:
     seen = set(tasks.classes_seen(task, summary["step"]))
     per_class = [_format_value(_class_iou_of(summary, c) if c in seen else None)
@@ -180,18 +191,37 @@ def average_over_steps(step_summaries: list[dict]) -> float | None:
   return _mean_or_none([summary.get("all") for summary in step_summaries])
 
 
+def _scaled_summary(summary: dict, factor: float) -> dict:
+  """A step summary with all / old / new, the groups and the per-class IoU times
+  ``factor``."""
+  def scaled(value):
+    return None if value is None else factor * value
+  converted = dict(summary)
+  for key in ("all", "old", "new", "avg"):
+    if key in summary:
+      converted[key] = scaled(summary[key])
+  for key in ("groups", "iou"):
+    if summary.get(key) is not None:
+      converted[key] = {name: scaled(value) for name, value in summary[key].items()}
+  return converted
+
+
 def write_summary_json(path: str, task: tasks.Task, step_summaries: list[dict]) -> None:
-  """The run's results: task, "avg", the last evaluated step's all/old/new/groups and every
-  step's summary. ``num_steps_evaluated`` < ``num_steps`` marks a partial run."""
+  """The run's results, in percent (``"miou_unit": "percent"``): task, "avg", the last
+  evaluated step's all/old/new/groups and every step's summary. ``num_steps_evaluated`` <
+  ``num_steps`` marks a partial run."""
+  average = average_over_steps(step_summaries)
+  step_summaries = [_scaled_summary(summary, 100) for summary in step_summaries]
   last = step_summaries[-1] if step_summaries else {}
   result = {
+      "miou_unit": PERCENT_UNIT,
       "dataset": task.dataset,
       "task": task.name,
       "steps": [list(classes) for classes in task.steps],
       "num_steps": len(task.steps),
       "num_steps_evaluated": len(step_summaries),
       "evaluation": last.get("evaluation"),
-      "avg": average_over_steps(step_summaries),
+      "avg": None if average is None else 100 * average,
       "last_step": last.get("step"),
       "all": last.get("all"),
       "old": last.get("old"),
@@ -200,6 +230,18 @@ def write_summary_json(path: str, task: tasks.Task, step_summaries: list[dict]) 
       "per_step": step_summaries,
   }
   storage.write_text(path, json.dumps(result, indent=2))
+
+
+def read_summary_json(path: str) -> dict:
+  """``summary.json`` with every mIoU as a fraction (the unit of the code), from a file in
+  percent (``"miou_unit": "percent"``) or from one written before the unit was recorded
+  (fractions)."""
+  result = json.loads(storage.read_text(path))
+  if result.pop("miou_unit", None) != PERCENT_UNIT:
+    return result
+  converted = _scaled_summary(result, 0.01)
+  converted["per_step"] = [_scaled_summary(step, 0.01) for step in result["per_step"]]
+  return converted
 
 
 def percent(value) -> str:

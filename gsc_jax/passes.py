@@ -69,4 +69,5 @@ def after_step(method, workdir: str, step: int, variables, frozen, batches_fn, l
                 if step > 0 else None)
     result = run_pass(data_pass, variables, frozen, batches_fn(data_pass.augmented), previous)
     checkpoint.save_pass_result(workdir, step, data_pass.name, result)
-    log(f"step {step}: {data_pass.name} in {time.time() - start:.1f} s")
+    purpose = f" ({data_pass.purpose})" if data_pass.purpose else ""
+    log(f"step {step}: {data_pass.name}{purpose} in {time.time() - start:.1f} s")

@@ -111,6 +111,44 @@ def prediction_grid(images, labels, predictions, mean, std, *, palette=VOC_PALET
   return grid
 
 
+PANEL_TITLES = ("image", "ground truth", "prediction")
+
+
+def save_prediction_picture(path: str, grid, panel_width: int, class_ids, palette=VOC_PALETTE,
+                            class_names: dict | None = None, separator: int = 2) -> None:
+  """Writes ``grid`` (``prediction_grid``'s picture) as a PNG with the panel titles above
+  its three columns and a legend of ``class_ids`` (the classes it shows) in their colours,
+  named by ``class_names`` (id -> name) where given; white is void or not seen yet."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  from matplotlib.patches import Patch
+
+  grid = np.asarray(grid)
+  height, width = grid.shape[:2]
+  scale = max(1.0, 384 / height)  # small test images are enlarged to stay readable
+  figure = Figure(figsize=(width * scale / PLOT_DPI + 1.8, height * scale / PLOT_DPI + 0.4),
+                  dpi=PLOT_DPI, layout="constrained")
+  FigureCanvasAgg(figure)
+  axes = figure.subplots()
+  axes.imshow(grid, interpolation="nearest")
+  axes.set_xticks([(column + 0.5) * panel_width + column * separator for column in range(3)])
+  axes.set_xticklabels(PANEL_TITLES)
+  axes.xaxis.tick_top()
+  axes.tick_params(length=0)
+  axes.set_yticks([])
+  for spine in axes.spines.values():
+    spine.set_visible(False)
+  names = class_names or {}
+  handles = [Patch(facecolor=np.asarray(palette[c]) / 255, edgecolor="black", linewidth=0.5,
+                   label=f"{c} {names[c]}" if c in names else str(c))
+             for c in sorted(int(c) for c in class_ids if c != IGNORE_LABEL)]
+  handles.append(Patch(facecolor="white", edgecolor="black", linewidth=0.5,
+                       label="void / not seen"))
+  figure.legend(handles=handles, loc="outside right upper", fontsize="small",
+                title="class", ncols=1 if len(handles) <= 24 else 2)
+  _save_figure(figure, path)
+
+
 def save_png(path: str, array) -> None:
   """Writes a uint8 [H, W] (grey), [H, W, 3] (RGB) or [H, W, 4] (RGBA) array as a PNG file,
   atomically."""

@@ -163,9 +163,10 @@ def valid_task_names(dataset: str, num_classes: int | None = None) -> list[str]:
   return list(registry[dataset]) + list(TASK_ALIASES.get(dataset, {}))
 
 
-def _unknown_task(dataset: str, name: str, num_classes: int | None = None) -> ValueError:
-  valid = ", ".join(valid_task_names(dataset, num_classes))
-  return ValueError(f"unknown task {name!r} for dataset {dataset!r}; valid tasks: {valid}")
+def _unknown_task(dataset: str, name: str, num_classes: int | None = None) -> errors.InputError:
+  names = valid_task_names(dataset, num_classes)
+  return errors.InputError(f"unknown task {name!r} for dataset {dataset!r}; "
+                           f"{errors.did_you_mean(name, names)}valid tasks: {', '.join(names)}")
 
 
 def _resolve_name(dataset: str, name: str, registry: dict) -> str:

@@ -55,18 +55,22 @@ class EventWriter:
     self.active = jax.process_index() == 0
     self._writer = None
     self._closed = False
-    self.path = None  # the event file this writer appends to (None on processes other than 0)
-    if not self.active:
-      return
+    self._purge_step = purge_step
+    # The event file this writer appends to: created at the first write, so that a run
+    # that writes nothing (a rerun of a finished run) leaves no empty file. None until then,
+    # and on processes other than 0.
+    self.path = None
+
+  def _open_file(self) -> None:
     storage.make_dirs(self.logdir)
     # A unique suffix: two writers opened in the same second (the file name has the time
     # in seconds and the host name) must not truncate each other's file.
     self._writer = tbx_event_file_writer.EventsWriter(
         storage.join(self.logdir, "events"), filename_suffix=f".{uuid.uuid4().hex[:8]}")
     self.path = self._writer._file_name
-    if purge_step is not None:
+    if self._purge_step is not None:
       self._writer.write_event(event_pb2.Event(
-          wall_time=time.time(), step=int(purge_step),
+          wall_time=time.time(), step=int(self._purge_step),
           session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
   def _check_open(self) -> bool:
@@ -113,12 +117,14 @@ class EventWriter:
     self._write(step, summary)
 
   def _write(self, step: int, summary) -> None:
+    if self._writer is None:
+      self._open_file()
     self._writer.write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
                                              summary=summary))
 
   def flush(self) -> None:
     """Flushes and fsyncs the event file (TensorBoard sees everything written so far)."""
-    if self._check_open():
+    if self._check_open() and self._writer is not None:
       self._writer.flush()
 
   def close(self) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from gsc_jax import checkpoint
+from gsc_jax import compilation_cache
 from gsc_jax import errors
 from gsc_jax import evaluation
 from gsc_jax import mesh as mesh_lib
@@ -219,9 +220,6 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
   it and saves its export. Returns the model and its final variables."""
   config, step = run.config, facts.step
   indices = run.step_lists.train(step)
-  if len(indices) < config.optim.batch_size:
-    raise errors.InputError(f"step {step} has {len(indices)} training images, fewer than one "
-                            f"global batch (optim.batch_size={config.optim.batch_size})")
   epochs = config.optim.epochs_step0 if step == 0 else config.optim.epochs_incremental
   base_lr = config.optim.lr_step0 if step == 0 else config.optim.lr_incremental
   iterations_per_epoch = len(indices) // config.optim.batch_size
@@ -271,14 +269,26 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
     state = jax.jit(create_state, out_shardings=mesh_lib.replicated(run.mesh))(variables)
 
   iteration = int(jax.device_get(state["iteration"]))
-  interval_start, interval_iterations = time.time(), 0
+  compiled = False
+  if iteration < max_iterations:
+    log(f"step {step}: compiling the train step ...")
   unchecked = None  # the scalars of the last iteration whose flags were not read yet
   try:
     while iteration < max_iterations:
       batch = mesh_lib.to_global_batch(next(data_iterator), run.mesh)
-      state, scalars = train_step(state, frozen, batch)
+      if compiled:
+        state, scalars = train_step(state, frozen, batch)
+        interval_iterations += 1
+      else:  # the first call compiles the step, or reads it from the compilation cache
+        start, counts = time.time(), compilation_cache.event_counts()
+        state, scalars = train_step(state, frozen, batch)
+        jax.block_until_ready(scalars)
+        first_seconds = time.time() - start
+        log(f"step {step}: train step {compilation_cache.obtained_since(counts)} and "
+            f"iteration {iteration + 1} run in {first_seconds:.1f} s")
+        compiled = True
+        interval_start, interval_iterations = time.time(), 0  # the ETA leaves compilation out
       iteration += 1
-      interval_iterations += 1
       run.iterations_this_run += 1
       # The previous iteration's flags: reading them does not wait for this one.
       if unchecked is not None:
@@ -294,7 +304,8 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
         unchecked = None
       if reporting_now:
         report_progress(run, step, iteration, max_iterations, scalars, schedule,
-                        (time.time() - interval_start) / interval_iterations)
+                        (time.time() - interval_start) / interval_iterations
+                        if interval_iterations else first_seconds)
         interval_start, interval_iterations = time.time(), 0
       if saving:
         manager.save(iteration, state, data_iterator)
@@ -385,8 +396,11 @@ def draw_predictions(run: Run, facts: tasks.StepFacts, eval_step, variables) -> 
   grid = pictures.prediction_grid(images[:count], class_of_channel[labels[:count]],
                                   class_of_channel[channels[:count]],
                                   transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
-  pictures.save_png(storage.join(checkpoint.step_dir(run.workdir, facts.step),
-                                 "predictions.png"), grid)
+  shown = np.unique(np.concatenate([class_of_channel[labels[:count]].ravel(),
+                                    class_of_channel[channels[:count]].ravel()]))
+  pictures.save_prediction_picture(
+      storage.join(checkpoint.step_dir(run.workdir, facts.step), "predictions.png"), grid,
+      images.shape[2], shown, class_names=pipeline.class_names(run.config.dataset))
   run.events.image(facts.step, "predictions", grid)
 
 
@@ -474,9 +488,61 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   with workdir_lib.lock(workdir, log), StopSignals() as stop:
     run = open_run(config, workdir, stop)
     try:
-      return _run_steps(run)
+      summaries = _run_steps(run)
     finally:
       run.events.close()
+  log(where_results_are(workdir, bool(tensorboard.event_files(run.events.logdir))))
+  return summaries
+
+
+def class_ranges(classes) -> str:
+  """Class ids as ranges: ``[0, 1, 2, 3, 7]`` -> ``"0-3,7"``."""
+  ranges, classes = [], sorted(classes)
+  for class_id in classes:
+    if ranges and class_id == ranges[-1][1] + 1:
+      ranges[-1][1] = class_id
+    else:
+      ranges.append([class_id, class_id])
+  return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def start_header(run: Run, last_step: int) -> str:
+  """The lines printed when a run starts: task and steps, method, seed, work dir, where the
+  full config is, and the compilation cache (gsc_jax/compilation_cache.py)."""
+  config, task = run.config, run.task
+  steps = " ".join(f"[{class_ranges(classes)}]" for classes in task.steps)
+  overlap = "overlapped" if config.overlap else "disjoint"
+  return "\n".join([
+      f"task {config.dataset} {config.task} ({overlap}): {len(task.steps)} steps, classes "
+      f"{steps}; running steps {config.first_step}..{last_step}",
+      f"method {config.method}, seed {config.seed}, work dir {run.workdir}",
+      f"full config: {storage.join(run.workdir, 'config.json')} (printed with --show_config)",
+      f"compilation cache: {compilation_cache.directory() or 'off'}"])
+
+
+def where_results_are(workdir: str, has_events: bool) -> str:
+  """The end-of-run lines naming the result files and how to view the curves."""
+  lines = [f"results in {workdir}:",
+           "  results.csv, summary.json   mIoU (%) per step: all, old, new, every class",
+           "  miou.png                    the plot of all / old / new per step",
+           "  step_<t>/predictions.png    image, ground truth, prediction after step t"]
+  if has_events:
+    lines.append(f"  tensorboard --logdir {storage.join(workdir, tensorboard.SUBDIR)}   "
+                 "losses, lr, speed, mIoU (pip install tensorboard)")
+  return "\n".join(lines)
+
+
+def check_step_sizes(run: Run, steps) -> None:
+  """Every step to be trained must have at least one global batch of training images:
+  checked for all of them before any step trains."""
+  batch_size = run.config.optim.batch_size
+  for step in steps:
+    count = len(run.step_lists.train(step))
+    if count < batch_size:
+      raise errors.InputError(
+          f"step {step} has {count} training images, fewer than one global batch "
+          f"(optim.batch_size={batch_size}); lower optim.batch_size, or use a task whose "
+          "steps have more images")
 
 
 def _run_steps(run: Run) -> list[dict]:
@@ -492,9 +558,10 @@ def _run_steps(run: Run) -> list[dict]:
     raise errors.MissingFileError(
         f"first_step={config.first_step} needs the export of step {config.first_step - 1} "
         f"in {workdir}; run the earlier steps first (or set init_step0_from)")
-  log(f"task {config.dataset} {config.task}: {num_steps} steps "
-      f"{[list(s) for s in run.task.steps]}; running steps {config.first_step}..{last_step}")
+  log(start_header(run, last_step))
   _remove_leftover_checkpoints(run)
+  check_step_sizes(run, [step for step in range(config.first_step, last_step + 1)
+                         if not checkpoint.export_exists(workdir, step)])
   resume_point = _resume_point(run, config.first_step, last_step)
   if resume_point is not None:
     reporting.append_restart(workdir, *resume_point)

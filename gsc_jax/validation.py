@@ -32,8 +32,14 @@ class Choice:
   def problem(self, value):
     values = self.values() if callable(self.values) else self.values
     if value not in values:
-      return f"must be one of: {', '.join(map(str, values))}"
+      return f"must be one of: {', '.join(map(str, values))}{_hint(value, values)}"
     return None
+
+
+def _hint(value, values) -> str:
+  """"; did you mean X?" for a text close to a valid choice."""
+  hint = errors.did_you_mean(value, values) if isinstance(value, str) else ""
+  return f"; {hint.strip()}" if hint else ""
 
 
 @dataclasses.dataclass(frozen=True)

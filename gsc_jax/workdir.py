@@ -61,10 +61,11 @@ def check_same_config(saved: dict, current: dict, workdir: str, defaults: dict) 
 
 def prepare(config, workdir_flag: str | None = None) -> str:
   """Resolves the method preset and the work dir, validates every field before any
-  compute, and prints and saves the resolved config. Returns the work dir."""
+  compute, and saves the resolved config as ``<workdir>/config.json``. Returns the work
+  dir."""
   set_options = methods.options_set(config)  # before the preset fills the unset ones
   with config.unlocked():
-    filled = methods.resolve_preset(config)
+    methods.resolve_preset(config)
   validation.validate(config, jax.device_count(), set_options)
   workdir = workdir_flag or config.workdir or default_workdir(config)
   with config.unlocked():
@@ -78,9 +79,6 @@ def prepare(config, workdir_flag: str | None = None) -> str:
       check_same_config(checkpoint.read_json(path), resolved, workdir,
                         json.loads(defaults.to_json_best_effort()))
     checkpoint.write_json(path, resolved)
-    print(f"work dir: {workdir}")
-    print(f"method {config.method}: preset filled {', '.join(filled) or 'nothing'}")
-    print("config:\n" + config.to_json_best_effort(indent=2), flush=True)
   return workdir
 
 

@@ -26,6 +26,8 @@ from gsc_jax import workdir as workdir_lib
 from gsc_jax.models import resnet
 from gsc_jax.models import step_model
 
+pytestmark = pytest.mark.slow  # end-to-end runs and compiles: left out of -m "not slow"
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, BATCH, K = 32, 4, 2
 
@@ -285,6 +287,7 @@ platform_flags.set_default_cpu_flags()  # as in the test process (tests/conftest
 import jax, numpy as np
 from tests import test_accumulation as t
 from gsc_jax import mesh as mesh_lib
+
 assert jax.device_count() == 2, jax.devices()
 setup = t._setup()
 step = t._train_step(setup, t.K)
@@ -334,7 +337,8 @@ def test_accumulation_on_two_devices_matches_one(gsc, tmp_path):
            **{f"opt_state_{i}": leaf for i, leaf in enumerate(opt_states)},
            **{f"params_{i}": leaf for i, leaf in enumerate(params)})
   environment = dict(os.environ, JAX_PLATFORMS="cpu",
-                     XLA_FLAGS="--xla_force_host_platform_device_count=2")
+                     XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+                     + " --xla_force_host_platform_device_count=2")
   result = subprocess.run([sys.executable, "-c", DEVICES_SCRIPT, REPO, str(expected)],
                           cwd=REPO, env=environment, capture_output=True, text=True,
                           timeout=900)
@@ -348,10 +352,12 @@ def test_accumulation_on_two_devices_matches_one(gsc, tmp_path):
   # ~1e-7 relative per statistic, which the ill-conditioned gradients of the tiny random
   # network amplify as in ``test_repeated_micro_batches_give_the_one_batch_update``: the
   # same bounds, 3e-4 of each leaf's largest gradient (momentum buffer) and, beyond 4
-  # float32 ulps, of its largest update (measured: 2e-5 and 5e-5). A per-device
-  # statistic or a micro-batch left out would be off by O(1).
-  assert values["gradient_deviation"] < 3e-4, values
-  assert values["update_deviation"] < 3e-4, values
+  # float32 ulps, of its largest update (measured: 2e-5 and 5e-5 at XLA's default
+  # optimisation level; 3.4e-4 with the level 0 of the test suite, tests/conftest.py,
+  # whose unfused kernels round more): 1e-3. A per-device statistic or a micro-batch left
+  # out would be off by O(1).
+  assert values["gradient_deviation"] < 1e-3, values
+  assert values["update_deviation"] < 1e-3, values
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,8 @@ pytest.importorskip("gcp_storage_emulator")
 
 from tests import gcs_emulator  # pylint: disable=wrong-import-position
 
+pytestmark = pytest.mark.slow  # end-to-end runs and compiles: left out of -m "not slow"
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "gsc-jax-test"
 TINY = ("3-1,data.num_classes=5,data.image_size=64,data.crop_size=64,data.eval_size=64,"

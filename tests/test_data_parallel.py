@@ -24,8 +24,11 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from gsc_jax import checkpoint
+
+pytestmark = pytest.mark.slow  # end-to-end runs and compiles: left out of -m "not slow"
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +51,8 @@ train.train_and_evaluate(config, workdir.prepare(config, sys.argv[1]))
 def run_python(script, num_devices, *arguments):
   """Runs ``script`` in a fresh interpreter on ``num_devices`` fake CPU devices."""
   environment = dict(os.environ)
-  environment["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  environment["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "  # tests/conftest.py's
+                              f"--xla_force_host_platform_device_count={num_devices}")
   environment["JAX_PLATFORMS"] = "cpu"
   result = subprocess.run([sys.executable, "-c", script, *map(str, arguments)],
                           cwd=REPO, env=environment, capture_output=True, text=True, timeout=900)

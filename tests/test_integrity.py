@@ -14,6 +14,8 @@ from gsc_jax import checkpoint
 from gsc_jax import errors
 from tests.test_run_control import _run
 
+pytestmark = pytest.mark.slow  # end-to-end runs and compiles: left out of -m "not slow"
+
 CORRUPT_BYTES = 4096
 
 

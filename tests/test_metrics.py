@@ -109,13 +109,14 @@ def test_results_csv(tmp_path):
   path = tmp_path / "out" / "results.csv"
   metrics.write_results_csv(str(path), task, summaries)
   rows = list(csv.reader(open(path)))
-  assert rows[0] == ["step", "all", "old", "new", "0", "1", "2", "3", "4", "evaluation"]
-  assert rows[1][:4] == ["0", "0.6000", "0.6000", ""]
-  assert rows[2][:5] == ["1", "0.6333", "0.7000", "0.5000", "0.8000"]
+  assert rows[0] == ["step", "all (%)", "old (%)", "new (%)", "IoU 0 (%)", "IoU 1 (%)",
+                     "IoU 2 (%)", "IoU 3 (%)", "IoU 4 (%)", "evaluation"]
+  assert rows[1][:4] == ["0", "60.00", "60.00", ""]
+  assert rows[2][:5] == ["1", "63.33", "70.00", "50.00", "80.00"]
   assert rows[1][7:9] == ["", ""]    # classes 3 and 4 unseen at step 0
   assert rows[2][6] == ""            # class 2 seen but without ground truth
   assert rows[2][8] == ""            # class 4 unseen at step 1
-  assert rows[3][4:9] == ["0.5000", "0.5000", "0.5000", "0.5000", "0.2000"]
+  assert rows[3][4:9] == ["50.00", "50.00", "50.00", "50.00", "20.00"]
   assert len(rows) == 4
 
 
@@ -138,22 +139,22 @@ def test_results_csv_value_columns_are_numbers_or_empty(tmp_path):
     rows = list(csv.DictReader(file))
   assert len(rows) == 2
   for row in rows:
-    for column in ["step", "all", "old", "new", "0", "1", "2", "3"]:
+    for column in ["step", "all (%)", "old (%)", "new (%)"] + [f"IoU {c} (%)" for c in range(4)]:
       if row[column] != "":
         float(row[column])  # raises on any text cell
   # Class 3 is unseen at step 0 (even with an IoU in the summary), class 1 has no pixels
   # at step 1, "new" does not exist at step 0: all three are empty.
-  assert [rows[0]["3"], rows[1]["1"], rows[0]["new"]] == ["", "", ""]
-  assert rows[1]["3"] == "0.5000"
+  assert [rows[0]["IoU 3 (%)"], rows[1]["IoU 1 (%)"], rows[0]["new (%)"]] == ["", "", ""]
+  assert rows[1]["IoU 3 (%)"] == "50.00"
 
 
 def test_results_csv_loads_in_pandas_with_numeric_columns(tmp_path):
   pandas = pytest.importorskip("pandas")
   frame = pandas.read_csv(_two_step_results_csv(tmp_path))
-  value_columns = ["all", "old", "new", "0", "1", "2", "3"]
+  value_columns = ["all (%)", "old (%)", "new (%)"] + [f"IoU {c} (%)" for c in range(4)]
   assert all(pandas.api.types.is_float_dtype(frame[c]) for c in value_columns)
-  assert frame["3"].isna().tolist() == [True, False]
-  assert frame["0"].mean() == pytest.approx(0.75)
+  assert frame["IoU 3 (%)"].isna().tolist() == [True, False]
+  assert frame["IoU 0 (%)"].mean() == pytest.approx(75.0)
 
 
 def test_results_csv_after_json_round_trip(tmp_path):
@@ -169,13 +170,34 @@ def test_summary_json(tmp_path):
   path = tmp_path / "summary.json"
   metrics.write_summary_json(str(path), task, summaries)
   result = json.load(open(path))
-  expected_avg = np.mean([s["all"] for s in summaries])
+  assert result["miou_unit"] == "percent"
+  expected_avg = 100 * np.mean([s["all"] for s in summaries])
   assert result["avg"] == pytest.approx(expected_avg)
-  assert result["all"] == pytest.approx(summaries[-1]["all"])
-  assert result["old"] == pytest.approx(0.5)
-  assert result["new"] == pytest.approx(0.35)
+  assert result["all"] == pytest.approx(100 * summaries[-1]["all"])
+  assert result["old"] == pytest.approx(50.0)
+  assert result["new"] == pytest.approx(35.0)
+  assert result["groups"] == pytest.approx({"0-2": 50.0, "3": 50.0, "4": 20.0})
+  assert result["per_step"][1]["iou"]["3"] == pytest.approx(50.0)
+  assert result["per_step"][0]["new"] is None
   assert result["task"] == "2-1" and result["num_steps_evaluated"] == 3
   assert len(result["per_step"]) == 3
+
+
+def test_read_summary_json_gives_fractions_from_percent_and_from_old_files(tmp_path):
+  """The reader returns the code's unit (fractions) from a percent file and from a file
+  written before the unit was recorded (fractions, no "miou_unit")."""
+  task, summaries = _summaries()
+  path = tmp_path / "summary.json"
+  metrics.write_summary_json(str(path), task, summaries)
+  read = metrics.read_summary_json(str(path))
+  assert "miou_unit" not in read
+  assert read["all"] == pytest.approx(summaries[-1]["all"])
+  assert read["avg"] == pytest.approx(np.mean([s["all"] for s in summaries]))
+  assert read["per_step"][2]["iou"]["4"] == pytest.approx(0.2)
+  old_file = tmp_path / "old_summary.json"
+  old_file.write_text(json.dumps({"all": 0.44, "avg": 0.5, "per_step": summaries}))
+  old = metrics.read_summary_json(str(old_file))
+  assert old["all"] == 0.44 and old["avg"] == 0.5
 
 
 def test_format_table():

@@ -68,6 +68,7 @@ def grow(old_variables, init):
 
 # --- shapes ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_output_shapes_output_stride_16(old_variables, images):
   outputs = tiny_model(OLD_STEPS).apply(old_variables, images, train=False)
   assert outputs["logits"].shape == (2, 64, 64, 5)

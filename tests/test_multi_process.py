@@ -26,6 +26,8 @@ from gsc_jax import checkpoint
 from gsc_jax import reporting
 from tests import gcs_emulator
 
+pytestmark = pytest.mark.slow  # end-to-end runs and compiles: left out of -m "not slow"
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = ("3-1,data.num_classes=5,data.image_size=64,data.crop_size=64,data.eval_size=64,"
         "data.num_train_images=48,data.num_val_images=16,data.eval_batch_size=8,"
@@ -110,7 +112,8 @@ def test_two_processes_killed_preempted_and_resumed_match_one_process(tmp_path):
   single = subprocess.run(
       main_command(tmp_path / "one_process", tmp_path / "split_cache"), cwd=REPO,
       capture_output=True, text=True, timeout=TIMEOUT,
-      env=environment(cache_dir, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+      env=environment(cache_dir, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+                      + " --xla_force_host_platform_device_count=2"))
   assert single.returncode == 0, single.stderr[-3000:]
   workdir = tmp_path / "two_processes"
 

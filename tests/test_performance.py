@@ -18,6 +18,8 @@ from gsc_jax.models import incremental
 from gsc_jax.models import step_model
 from gsc_jax.tools import performance
 
+pytestmark = pytest.mark.slow  # end-to-end runs and compiles: left out of -m "not slow"
+
 CONFIG = ("configs/synthetic.py:15-1,data.num_train_images=200,data.num_val_images=20,"
           "data.split_cache_dir=")
 SMALL = performance.Setting("small", crop_size=64, batch_size=2, eval_batch_size=2)

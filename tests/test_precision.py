@@ -15,6 +15,8 @@ from gsc_jax import tasks
 from gsc_jax import train_step as train_step_lib
 from gsc_jax.models import step_model
 
+pytestmark = pytest.mark.slow  # end-to-end runs and compiles: left out of -m "not slow"
+
 SIZE, BATCH, STEPS = 32, 4, 3
 
 

@@ -25,6 +25,8 @@ from gsc_jax.models import resnet
 from gsc_jax.models import step_model
 from tests import dataset_trees
 
+pytestmark = pytest.mark.slow  # end-to-end runs and compiles: left out of -m "not slow"
+
 TINY = ("model.backbone=resnet_tiny,model.head_channels=16,data.crop_size=32,"
         "data.eval_size=32,optim.batch_size=4,data.eval_batch_size=4,optim.epochs_step0=1,"
         "optim.epochs_incremental=1,log_every=1,data.num_threads=1")

@@ -309,6 +309,14 @@ def test_tensorboard_purge_step_and_two_writers(tmp_path):
   assert sorted(tensorboard.read_scalars(first.logdir)["loss"]) == [(3, 2.0), (5, 1.0)]
 
 
+def test_tensorboard_writer_that_writes_nothing_leaves_no_file(tmp_path):
+  """A run that writes nothing (the rerun of a finished run) adds no event file."""
+  with tensorboard.EventWriter(str(tmp_path), purge_step=4) as writer:
+    writer.scalars(1, {"eval/new": None})  # nothing to write
+    writer.flush()
+  assert writer.path is None and not os.path.exists(writer.logdir)
+
+
 def test_tensorboard_closed_writer_raises(tmp_path):
   writer = tensorboard.EventWriter(str(tmp_path))
   writer.close()

@@ -16,6 +16,8 @@ from gsc_jax.data import splits
 from tests import test_run_control as run_control
 from tests import test_splits as split_tests
 
+pytestmark = pytest.mark.slow  # end-to-end runs and compiles: left out of -m "not slow"
+
 
 def _refuse_constant(name):
   raise ValueError(f"not strict JSON: {name}")

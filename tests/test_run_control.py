@@ -84,6 +84,37 @@ def _run(workdir, extra=""):
   return train.train_and_evaluate(config, workdir_lib.prepare(config, str(workdir)))
 
 
+def test_a_step_smaller_than_one_batch_is_refused_before_step_0_trains(tmp_path):
+  """48 images over 5 classes: class 4 (step 1) is in fewer than 40 of them, so step 1
+  has fewer images than a batch of 40; the run refuses before any step trains."""
+  with pytest.raises(errors.InputError,
+                     match=r"step 1 has \d+ training images, fewer than one global batch "
+                           r"\(optim.batch_size=40\)"):
+    _run(tmp_path, ",optim.batch_size=40")
+  assert not os.path.exists(checkpoint.step_dir(str(tmp_path), 0))
+
+
+@pytest.mark.parametrize("make, hint", [
+    (lambda: synthetic.get_config("15-1,gsc.tua=2"), r"did you mean gsc.tau\?"),
+    (lambda: _validated("15-1,gsc.groups=clas"), r"did you mean class\?"),
+    (lambda: _validated("15-1,method=mibb"), r"did you mean mib\?"),
+    (lambda: _validated("15_1"), r"did you mean 15-1\?"),
+])
+def test_unknown_names_get_the_closest_valid_ones(make, hint):
+  with pytest.raises(errors.InputError, match=hint):
+    make()
+
+
+def test_an_unknown_key_lists_the_keys_of_its_section_only():
+  with pytest.raises(errors.InputError) as raised:
+    synthetic.get_config("15-1,optim.bachsize=2")
+  message = str(raised.value)
+  assert "did you mean optim.batch_size?" in message
+  assert "the keys of optim: accumulation_steps, batch_size," in message
+  assert "gsc.tau" not in message and "data.root" not in message
+
+
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path,
                                                                              monkeypatch):
   """Iteration 5 of step 0 sees a NaN image: the run stops naming step 0, iteration 5 and
@@ -120,6 +151,7 @@ def _main(workdir, *extra, **kwargs):
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
   process = _main(tmp_path, "--config.optim.epochs_step0=40", "--config.last_step=0")
   for line in process.stdout:  # wait until training runs
@@ -139,6 +171,7 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path):
   assert f"step 0: resumed from iteration {saved}" in stdout, stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_other_errors_keep_their_traceback(tmp_path):
   bad_inputs = [
       (("--config.gsc.groups=steps",), "error: invalid config: gsc.groups='steps'"),
@@ -153,7 +186,7 @@ def test_bad_input_is_one_line_and_other_errors_keep_their_traceback(tmp_path):
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith(first_words), stderr[-2000:]
   script = ("import sys; from absl import app; from gsc_jax import main;"
-            "main.train.train_and_evaluate = lambda config, workdir: 1 / 0;"
+            "main.train.train_and_evaluate = lambda *arguments: 1 / 0;"
             f"sys.argv = ['main', '--config=configs/synthetic.py:{TINY}', "
             f"'--workdir={tmp_path / 'bug'}'];"
             "app.run(main.main, flags_parser=main.parse_flags)")

@@ -99,17 +99,22 @@ def _main(tmp_path, *arguments):
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arguments, line", [
     (("--config=configs/synthetic.py:15-1,optim.lr_step0=-1",),
      "error: invalid config: optim.lr_step0=-1.0 must be > 0.0"),
     (("--config=configs/synthetic.py:15-1,optim.bachsize=4",),
-     "error: unknown config key 'optim.bachsize'; valid keys: checkpoint_every"),
+     "error: unknown config key 'optim.bachsize'; did you mean optim.batch_size? the keys "
+     "of optim: accumulation_steps,"),
     (("--config=configs/synthetic.py:15-1,data.num_classes=2.5",),
      "error: config key data.num_classes='2.5' is not an integer"),
     (("--config=configs/synthetic.py:15-1,method=ft,gsc.tau=2.0",),
      "error: invalid config: gsc.tau=2.0 is not read by method ft"),
     (("--config=configs/synthetic.py:15-1", "--config.optim.bachsize=4"),
-     'error: unknown config field bachsize; Did you mean "batch_size"'),
+     "error: unknown config key 'optim.bachsize'; did you mean optim.batch_size? the keys "
+     "of optim: accumulation_steps,"),
+    (("--config=configs/synthetic.py:15_1",),
+     "error: unknown task '15_1' for dataset 'synthetic'; did you mean 15-1?"),
 ])
 def test_bad_command_line_settings_are_one_line_with_exit_code_2(tmp_path, arguments, line):
   result = _main(tmp_path, *arguments)
@@ -132,3 +137,16 @@ def test_a_duplicated_list_line_is_refused_naming_the_line(tmp_path, duplicate):
   assert str(refused.value) == (
       f"{list_path}:4: id '2007_000002' is listed again (first on line 2); remove the "
       "duplicated line")
+
+
+def test_help_names_the_methods_the_tasks_and_where_the_fields_are():
+  result = subprocess.run([sys.executable, "-m", "gsc_jax.main", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 1 and not result.stderr, result.stderr[-2000:]  # absl's --help
+  text = result.stdout
+  for method in ("ft", "mib", "plop", "gsc"):
+    assert f"\n  {method} " in text
+  assert "configs/voc.py" in text and "15-1" in text and "100-50" in text and "11-5" in text
+  assert "configs/common.py" in text and "--compilation_cache" in text
+  assert "--show_config" in text

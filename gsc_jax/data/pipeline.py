@@ -30,6 +30,13 @@ DATASETS = ("synthetic", "voc", "ade", "cityscapes")
 SOURCES = ("files", "tfds")
 
 
+def class_names(dataset: str) -> dict[int, str]:
+  """Class id -> name where the dataset's names are known here (VOC, Cityscapes), else {}
+  (the synthetic classes and ADE20K's 150 are shown by id)."""
+  names = {"voc": voc.CLASS_NAMES, "cityscapes": cityscapes.CLASS_NAMES}.get(dataset, ())
+  return dict(enumerate(names))
+
+
 def make_source(config, split: str):
   """The random-access source of ``config.dataset`` for ``split`` ("train" or "val").
 

@@ -21,6 +21,12 @@ import os
 from gsc_jax.data import files
 from gsc_jax import errors
 
+# The 21 label ids (0 = background), Pascal VOC 2012's order.
+CLASS_NAMES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor")
+
 IMAGE_DIR = "JPEGImages"
 LABEL_DIR = "SegmentationClassAug"
 LIST_DIR = os.path.join("ImageSets", "Segmentation")

@@ -96,7 +96,8 @@ def names() -> list[str]:
 
 def module_of(name: str):
   if name not in names():
-    raise errors.InputError(f"unknown method {name!r}; valid methods: {', '.join(names())}")
+    raise errors.InputError(f"unknown method {name!r}; {errors.did_you_mean(name, names())}"
+                            f"valid methods: {', '.join(names())}")
   return importlib.import_module(f"{__name__}.{name}")
 
 
@@ -205,5 +206,7 @@ def build(config, facts, model, teacher_model) -> base.Method:
   """
   if not facts.has_teacher:
     return base.Method(after_step=(gsc.prototype_pass(
-        facts, model, None, base.images_labels_as_targets),))
+        facts, model, None, base.images_labels_as_targets)._replace(
+            purpose="per-class mean features, saved so that a GSC run with "
+                    "gsc.prototype_source=previous_model can start from this step 0"),))
   return module_of(config.method).build(config, facts, model, teacher_model)

@@ -45,6 +45,8 @@ class DataPass(NamedTuple):
   # partial batch dropped), as PLOP computes its thresholds; False: every image once, with
   # evaluation preprocessing.
   augmented: bool = False
+  # What the result is for, in the log line that announces the pass ("" = its name says it).
+  purpose: str = ""
 
 
 def images_labels_as_targets(labels, teacher_outputs, frozen, epoch):

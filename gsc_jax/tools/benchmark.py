@@ -8,8 +8,9 @@ The config module provides ``get_config(arg)``, ``SEEDS``, ``STEP0_METHOD`` and 
 is trained once with ``STEP0_METHOD`` and reused by every row (``init_step0_from``); the
 offline task is a single step and is run as is. Runs go one after another in this process;
 a finished run is skipped, so the same command resumes an interrupted benchmark (an
-interrupted run resumes from its last checkpoint). Compiled programs are cached on disk
-in ``<workdir>/compilation_cache`` so that later seeds skip XLA compilation.
+interrupted run resumes from its last checkpoint). Compiled programs are kept in the
+persistent compilation cache (``--compilation_cache``, gsc_jax/compilation_cache.py), so
+that later runs and seeds skip XLA compilation.
 
 Output: ``<workdir>/benchmark.md`` (the tables, the ordering verdict and the logged
 diagnostics of the pseudo-labelling and compensation), one plot per task of every method's mIoU per step
@@ -30,6 +31,8 @@ import numpy as np
 
 from configs import common
 from gsc_jax import checkpoint
+from gsc_jax import compilation_cache
+from gsc_jax import metrics
 from gsc_jax import pictures
 from gsc_jax import reporting
 from gsc_jax import train
@@ -75,7 +78,7 @@ def timed_run(config, workdir: str) -> tuple[dict, float]:
       timing["seconds"] += time.time() - start
       os.makedirs(workdir, exist_ok=True)
       checkpoint.write_json(timing_path, timing)
-  return checkpoint.read_json(os.path.join(workdir, "summary.json")), timing["seconds"]
+  return metrics.read_summary_json(os.path.join(workdir, "summary.json")), timing["seconds"]
 
 
 def plan(module, seeds) -> list[tuple]:
@@ -265,9 +268,7 @@ def main(argv):
     raise app.UsageError(str(error)) from None
   seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else list(module.SEEDS)
   workdir = os.path.abspath(_WORKDIR.value)
-  jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "compilation_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  compilation_cache.enable_from_flag()
   runs = plan(module, seeds)
   results, step0_seconds, run_dirs = {}, {}, {}
   start = time.time()

@@ -16,7 +16,8 @@ head (256 channels, output stride 16) and the config's data. Per setting it meas
    same run (``--matmul_size``; 4096 x 4096 on CPU), timed in the same rounds as the step;
 3. compile time: step 0's train step (``lower`` + ``compile``), and the train step of
    ``--step`` (its model and teacher) for each method (trace + lowering + XLA compile of
-   the jitted function's first call, from ``jax.monitoring`` events);
+   the jitted function's first call, from ``jax.monitoring`` events), always without the
+   persistent compilation cache, which would hide them;
 4. model init: ``step_model.initial_variables`` as train.py calls it (step 0: the full
    initialisation; step ``--step``: grown from the teacher);
 5. evaluation images/s of ``evaluation.make_eval_step`` at the config's eval size;
@@ -53,6 +54,7 @@ import statistics
 import sys
 import time
 
+from gsc_jax import compilation_cache
 from gsc_jax import platform_flags
 
 platform_flags.set_default_cpu_flags()  # before jax starts its backend
@@ -610,6 +612,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  compilation_cache.enable(None)  # compile times are measured: nothing is read from a cache
   unknown = [name for name in _SETTINGS.value if name not in SETTINGS]
   if unknown:
     raise app.UsageError(f"unknown settings {unknown}; valid: {', '.join(SETTINGS)}")
