@@ -90,13 +90,16 @@ def event_counts() -> dict:
 
 def obtained_since(counts: dict) -> str:
   """How the programs compiled since ``counts`` (``event_counts()``) were obtained:
-  "read from the compilation cache", "compiled", or "partly read from the compilation
-  cache" (also "compiled" while the cache is off)."""
+  "read from the compilation cache", "compiled", "partly read from the compilation cache",
+  or, with the cache on and no lookup at all, "reused from this process" (JAX keeps the
+  programs it compiled in memory); "compiled" while the cache is off."""
   hits = _EVENTS["cache_hits"] - counts.get("cache_hits", 0)
   misses = _EVENTS["cache_misses"] - counts.get("cache_misses", 0)
   if hits and misses:
     return "partly read from the compilation cache"
-  return "read from the compilation cache" if hits else "compiled"
+  if hits:
+    return "read from the compilation cache"
+  return "reused from this process" if not misses and directory() else "compiled"
 
 
 def enable_from_flag() -> str | None:
