@@ -6,6 +6,8 @@ Every other exception is a bug or an unexpected failure and keeps its full trace
 Both types subclass the builtin they refine, so ``except ValueError`` still catches them.
 """
 
+import difflib
+
 
 class InputError(ValueError):
   """A config value, a command-line argument or a data file is wrong; the message names it
@@ -29,7 +31,6 @@ class RunDiverged(Exception):
 def closest(word: str, candidates) -> list[str]:
   """Up to three of ``candidates`` closest to ``word`` in spelling (difflib's ratio >= 0.6),
   best first; for "did you mean" hints."""
-  import difflib  # pylint: disable=import-outside-toplevel
   return difflib.get_close_matches(str(word), [str(c) for c in candidates], n=3, cutoff=0.6)
 
 

@@ -42,6 +42,7 @@ from gsc_jax import methods  # pylint: disable=wrong-import-position
 from gsc_jax import tasks  # pylint: disable=wrong-import-position
 from gsc_jax import train  # pylint: disable=wrong-import-position
 from gsc_jax import workdir as workdir_lib  # pylint: disable=wrong-import-position
+from gsc_jax.data import pipeline  # pylint: disable=wrong-import-position
 from gsc_jax.reporting import log  # pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -59,10 +60,6 @@ _SHOW_CONFIG = flags.DEFINE_bool(
     "show_config", False, "Print the resolved config (always saved as <workdir>/config.json).")
 flags.adopt_module_key_flags(compilation_cache)  # --compilation_cache in --help
 
-DATASET_CONFIGS = {"synthetic": "configs/synthetic.py", "voc": "configs/voc.py",
-                   "ade": "configs/ade.py", "cityscapes": "configs/cityscapes.py"}
-
-
 def usage_text() -> str:
   """What ``--help`` adds to this docstring: the methods, the tasks of each dataset and
   where the config fields are."""
@@ -72,8 +69,9 @@ def usage_text() -> str:
     summary = first_paragraph.split(":")[0].rstrip(".")
     lines.append(f"  {name:5s} {summary}")
   lines.append("Tasks (--config=FILE:TASK[,key=value,...]):")
-  for dataset, path in DATASET_CONFIGS.items():
-    lines.append(f"  {path:22s} {', '.join(tasks.valid_task_names(dataset))}")
+  for dataset in pipeline.DATASETS:  # each has its config file configs/<dataset>.py
+    lines.append(f"  {'configs/' + dataset + '.py':22s} "
+                 f"{', '.join(tasks.valid_task_names(dataset))}")
   lines += ["Config fields: every field, its default and meaning in configs/common.py "
             "(get_base_config);",
             "  set one as --config=FILE:TASK,section.key=value or --config.section.key=value.",

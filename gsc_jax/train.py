@@ -495,22 +495,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   return summaries
 
 
-def class_ranges(classes) -> str:
-  """Class ids as ranges: ``[0, 1, 2, 3, 7]`` -> ``"0-3,7"``."""
-  ranges, classes = [], sorted(classes)
-  for class_id in classes:
-    if ranges and class_id == ranges[-1][1] + 1:
-      ranges[-1][1] = class_id
-    else:
-      ranges.append([class_id, class_id])
-  return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
-
-
 def start_header(run: Run, last_step: int) -> str:
   """The lines printed when a run starts: task and steps, method, seed, work dir, where the
   full config is, and the compilation cache (gsc_jax/compilation_cache.py)."""
   config, task = run.config, run.task
-  steps = " ".join(f"[{class_ranges(classes)}]" for classes in task.steps)
+  steps = " ".join(f"[{metrics.group_label(classes)}]" for classes in task.steps)
   overlap = "overlapped" if config.overlap else "disjoint"
   return "\n".join([
       f"task {config.dataset} {config.task} ({overlap}): {len(task.steps)} steps, classes "

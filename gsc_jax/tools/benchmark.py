@@ -26,7 +26,6 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 import numpy as np
 
 from configs import common

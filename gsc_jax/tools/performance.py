@@ -612,6 +612,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  if flags.FLAGS["compilation_cache"].present:
+    raise app.UsageError("--compilation_cache: this tool measures compile times and always "
+                         "runs without the compilation cache")
   compilation_cache.enable(None)  # compile times are measured: nothing is read from a cache
   unknown = [name for name in _SETTINGS.value if name not in SETTINGS]
   if unknown:
