@@ -19,17 +19,24 @@ Safety:
   directory, or a shared one;
 * an entry is keyed by the program, the compile options, the XLA flags, the devices and the
   jax/jaxlib version, so a changed program, flag or version never reads a stale entry;
-* a damaged entry is reported as a warning by JAX and compiled again.
+* a damaged entry is reported as a warning by JAX and compiled again;
+* a directory shared with other JAX programs: a program that runs without a size limit
+  writes entries without the access-time file that the limit's bookkeeping reads, and JAX
+  then fails (with a warning) to write any new entry. ``enable`` gives such entries an
+  access time when a run starts; entries written by such a program while a run is under
+  way are given one by the next run.
 """
 
 import collections
 import os
+import time
 
 from absl import flags
 
 DEFAULT_DIRECTORY = os.path.join("~", ".cache", "gsc_jax", "xla")
 DISABLED = ("", "none", "off")
 MAX_BYTES = 4 * 2**30  # the least recently used entries go beyond this
+ENTRY_SUFFIX, ACCESS_TIME_SUFFIX = "-cache", "-atime"  # JAX's file names (jax/_src/lru_cache.py)
 
 _EVENTS = collections.Counter()  # JAX's cache events seen in this process, by short name
 _LISTENING = []
@@ -54,9 +61,11 @@ def enable(directory: str | None) -> str | None:
     path = os.path.abspath(os.path.expanduser(directory))
     try:
       os.makedirs(path, exist_ok=True)
-    except OSError as error:
-      print(f"note: compilation cache off, cannot create {path} ({error.strerror}); "
-            "pass --compilation_cache=DIR with a writable directory")
+      _give_access_times(path)
+    except OSError as error:  # also filelock's Timeout
+      print(f"note: compilation cache off, cannot write to {path} "
+            f"({error.strerror or error}); pass --compilation_cache=DIR with a writable "
+            "directory")
       jax.config.update("jax_enable_compilation_cache", False)
       return None
   jax.config.update("jax_enable_compilation_cache", True)
@@ -66,6 +75,22 @@ def enable(directory: str | None) -> str | None:
     jax.monitoring.register_event_listener(_count_event)
     _LISTENING.append(True)
   return path
+
+
+def _give_access_times(path: str) -> None:
+  """Writes the current time as the access time of every entry in ``path`` that has none
+  (written by a JAX program without a size limit): with the limit on, JAX reads every
+  entry's access time before it writes a new entry, and one missing file stops all writes.
+  Holds JAX's lock file meanwhile, so no run writes at the same moment."""
+  import filelock  # pylint: disable=import-outside-toplevel  # JAX's own lock, pinned
+  with filelock.FileLock(os.path.join(path, ".lockfile"), timeout=60):
+    now = time.time_ns().to_bytes(8, "little")  # JAX's format: nanoseconds, little-endian
+    for name in os.listdir(path):
+      if name.endswith(ENTRY_SUFFIX):
+        access_time = os.path.join(path, name[:-len(ENTRY_SUFFIX)] + ACCESS_TIME_SUFFIX)
+        if not os.path.exists(access_time):
+          with open(access_time, "wb") as file:
+            file.write(now)
 
 
 def directory() -> str | None:

@@ -77,8 +77,11 @@ def mean_iou(confusion) -> float | None:
 # --- per-step summary ------------------------------------------------------------------------
 
 def group_label(class_ids) -> str:
-  """"a-b" for a contiguous range a..b, "c" for one class, else "c1,c2,..." (in step order)."""
+  """"a-b" for a contiguous range a..b, "c" for one class, "c1,c2,..." (in step order) for
+  others, "none" for no class (a domain-incremental step)."""
   class_ids = [int(c) for c in class_ids]
+  if not class_ids:
+    return "none"
   if len(class_ids) == 1:
     return str(class_ids[0])
   if class_ids == list(range(class_ids[0], class_ids[0] + len(class_ids))):

@@ -499,11 +499,16 @@ def start_header(run: Run, last_step: int) -> str:
   """The lines printed when a run starts: task and steps, method, seed, work dir, where the
   full config is, and the compilation cache (gsc_jax/compilation_cache.py)."""
   config, task = run.config, run.task
-  steps = " ".join(f"[{metrics.group_label(classes)}]" for classes in task.steps)
-  overlap = "overlapped" if config.overlap else "disjoint"
+  if task.is_domain_incremental:  # every class at step 0, new cities later
+    kind = "domain-incremental"
+    steps = (f"classes [{metrics.group_label(task.steps[0])}], cities per step "
+             + " ".join(str(len(cities)) for cities in task.domains))
+  else:
+    kind = "overlapped" if config.overlap else "disjoint"
+    steps = "classes " + " ".join(f"[{metrics.group_label(classes)}]" for classes in task.steps)
   return "\n".join([
-      f"task {config.dataset} {config.task} ({overlap}): {len(task.steps)} steps, classes "
-      f"{steps}; running steps {config.first_step}..{last_step}",
+      f"task {config.dataset} {config.task} ({kind}): {len(task.steps)} steps, {steps}; "
+      f"running steps {config.first_step}..{last_step}",
       f"method {config.method}, seed {config.seed}, work dir {run.workdir}",
       f"full config: {storage.join(run.workdir, 'config.json')} (printed with --show_config)",
       f"compilation cache: {compilation_cache.directory() or 'off'}"])

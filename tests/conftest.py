@@ -12,7 +12,8 @@
 * one persistent compilation cache for the whole session, in a fresh temporary directory
   (never a user's cache): the same train steps, evaluations and passes are compiled by
   many tests and by the ``python -m gsc_jax.main`` subprocesses they start, which inherit
-  it through ``JAX_COMPILATION_CACHE_DIR``. It is removed at the end of the session.
+  it through ``JAX_COMPILATION_CACHE_DIR`` (and its size limit through
+  ``JAX_COMPILATION_CACHE_MAX_SIZE``). It is removed at the end of the session.
 * the ``slow`` marker (pytest.ini): ``python -m pytest -q -m "not slow" tests`` is the
   quick subset for the edit-test loop (README, "Tests").
 """
@@ -43,6 +44,10 @@ platform_flags.set_default_cpu_flags()
 _CACHE_DIRECTORY = tempfile.mkdtemp(prefix="gsc_jax_test_compilation_cache_")
 atexit.register(shutil.rmtree, _CACHE_DIRECTORY, ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIRECTORY
+# The same size limit in every subprocess, also those that never call
+# compilation_cache.enable (``python -c`` scripts): an entry written without it has no
+# access-time file, which stops the others' writes (gsc_jax/compilation_cache.py).
+os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(compilation_cache.MAX_BYTES)
 # Programs that compile in well under a second are not worth a file.
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 compilation_cache.enable(_CACHE_DIRECTORY)

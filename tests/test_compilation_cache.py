@@ -34,6 +34,7 @@ def _start(directory):
 
 def _result(process):
   stdout, stderr = process.communicate(timeout=300)
+  process.stderr_text = stderr
   assert process.returncode == 0, stderr[-3000:]
   lines = stdout.strip().splitlines()
   return json.loads(lines[-1]), lines[:-1]
@@ -59,9 +60,26 @@ def test_none_turns_the_cache_off(tmp_path):
   assert result["directory"] is None and result["obtained"] == "compiled"
 
 
+def test_entries_of_a_program_without_a_size_limit_do_not_stop_writes(tmp_path):
+  # A JAX program without gsc_jax's size limit (JAX_COMPILATION_CACHE_DIR alone) writes an
+  # entry without an access-time file; with the limit on, JAX reads every entry's access
+  # time before writing, so without the repair in compilation_cache.enable nothing more is
+  # written (JAX warns "Error writing persistent compilation cache entry").
+  directory = tmp_path / "cache"
+  directory.mkdir()
+  foreign = directory / "jit_other-0123456789abcdef-cache"
+  foreign.write_bytes(b"an entry of another program")
+  process = _start(directory)
+  result, _ = _result(process)
+  assert result["obtained"] == "compiled"
+  assert (directory / "jit_other-0123456789abcdef-atime").exists()
+  assert len([name for name in os.listdir(directory) if name.endswith("-cache")]) > 1
+  assert "Error writing persistent compilation cache entry" not in process.stderr_text
+
+
 def test_a_directory_that_cannot_be_created_turns_it_off_with_a_note(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
   result, notes = _result(_start(blocker / "cache"))
   assert result["directory"] is None and result["obtained"] == "compiled"
-  assert any(note.startswith("note: compilation cache off, cannot create") for note in notes)
+  assert any(note.startswith("note: compilation cache off, cannot write to") for note in notes)

@@ -89,6 +89,7 @@ def test_group_label():
   assert metrics.group_label([16]) == "16"
   assert metrics.group_label([101, 102, 103]) == "101-103"
   assert metrics.group_label([0, 4, 1]) == "0,4,1"
+  assert metrics.group_label([]) == "none"
 
 
 def _summaries():

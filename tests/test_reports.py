@@ -1,10 +1,12 @@
-"""Tests of what a user watches: TensorBoard event files (gsc_jax.tensorboard) and the
-pictures and plots of gsc_jax.pictures."""
+"""Tests of what a user watches: TensorBoard event files (gsc_jax.tensorboard), the
+pictures and plots of gsc_jax.pictures and the header a run starts with."""
 
+import importlib
 import io
 import math
 import os
 import sys
+import types
 
 import jax
 import numpy as np
@@ -13,7 +15,9 @@ from PIL import Image
 
 from gsc_jax import errors
 from gsc_jax import pictures
+from gsc_jax import tasks
 from gsc_jax import tensorboard
+from gsc_jax import train
 from gsc_jax.data import transforms
 
 # The 21 Pascal VOC colours (background + 20 classes) as published with the devkit.
@@ -341,3 +345,19 @@ def test_tensorboard_other_processes_write_nothing(tmp_path, monkeypatch):
     writer.image(0, "grid", np.zeros((2, 2, 3), np.uint8))
     writer.flush()
   assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("config_module, argument, expected", [
+    ("voc", "15-5", "task voc 15-5 (overlapped): 2 steps, classes [0-15] [16-20]; running "
+                    "steps 0..1"),
+    # Domain-incremental: every class at step 0, later steps bring cities, not classes.
+    ("cityscapes", "11-5", "task cityscapes 11-5 (domain-incremental): 3 steps, classes "
+                           "[0-18], cities per step 11 5 5; running steps 0..2"),
+])
+def test_the_start_header_names_the_steps(config_module, argument, expected):
+  config = importlib.import_module(f"configs.{config_module}").get_config(argument)
+  task = tasks.task_of(config)
+  run = types.SimpleNamespace(config=config, task=task, workdir="/runs/a")
+  header = train.start_header(run, task.num_steps - 1).splitlines()
+  assert header[0] == expected
+  assert header[1] == f"method {config.method}, seed {config.seed}, work dir /runs/a"
