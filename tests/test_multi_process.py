@@ -29,13 +29,13 @@ from tests import gcs_emulator
 pytestmark = pytest.mark.slow  # end-to-end runs and compiles: left out of -m "not slow"
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TASK = ("3-1,data.num_classes=5,data.image_size=64,data.crop_size=64,data.eval_size=64,"
+TASK = ("3-1,data.num_classes=5,data.image_size=32,data.crop_size=32,data.eval_size=32,"
         "data.num_train_images=48,data.num_val_images=16,data.eval_batch_size=8,"
         "model.backbone=resnet_tiny,model.head_channels=16,optim.batch_size=8,"
         # A small learning rate keeps the runs continuous in the rounding (see
         # tests/test_data_parallel.py): 1 and 2 processes sum the gradients in other orders.
-        "optim.lr_step0=0.01,optim.lr_incremental=0.01,optim.epochs_step0=6,"
-        "optim.epochs_incremental=4,log_every=1,checkpoint_every=4,method=mib")
+        "optim.lr_step0=0.01,optim.lr_incremental=0.01,optim.epochs_step0=4,"
+        "optim.epochs_incremental=2,log_every=1,checkpoint_every=4,method=mib")
 TIMEOUT = 900
 
 
@@ -150,7 +150,8 @@ def test_two_processes_killed_preempted_and_resumed_match_one_process(tmp_path):
   assert f"resumed from iteration {iteration}" in finished.text(0)
 
   one, two = losses(tmp_path / "one_process"), losses(workdir)
-  assert sorted(two) == sorted(one) and len(one) > 30  # every iteration, once
+  assert sorted(two) == sorted(one)  # every iteration, once
+  assert {step for step, _ in one} == {0, 1} and len(one) > 20
   keys = sorted(one)
   np.testing.assert_allclose([two[k] for k in keys], [one[k] for k in keys], rtol=1e-5)
   for two_step, one_step in zip(final_metrics(workdir), final_metrics(tmp_path / "one_process")):
