@@ -11,9 +11,11 @@ Keys are config field paths (``seed``, ``optim.batch_size``, ...). Later, absl's
 ``--config.optim.batch_size=8`` overrides work as usual. An unknown key or task is an error
 that lists the valid ones.
 
-Fields left as ``None`` placeholders (loss weights, the void policy, the new-classifier
-initialisation) are filled from the method's preset (``gsc_jax/methods/<method>.py``) when the run
-starts; a value set by the user is never replaced.
+This file holds the protocol's fields; each method declares its own (its switches and their
+options: loss weights, pseudo-labels, GSC's parts) in its module,
+``gsc_jax/methods/<method>.py``. Fields left as ``None`` placeholders (the method switches,
+the void policy, the new-classifier initialisation) are filled from the method's preset
+when the run starts; a value set by the user is never replaced.
 """
 
 import ast
@@ -24,6 +26,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from gsc_jax import errors
+from gsc_jax import methods
 
 
 def parse_arg(arg: str) -> tuple[str, dict[str, str]]:
@@ -94,7 +97,8 @@ def unknown_key_message(key: str, config: ml_collections.ConfigDict) -> str:
                        for path in valid_paths})
     where = "the top-level keys and sections"
   return (f"unknown config key {key!r}; {hint}{where}: {', '.join(siblings)} "
-          "(every field: configs/common.py)")
+          "(every field: configs/common.py and the SWITCHES and OPTIONS of "
+          "gsc_jax/methods/<method>.py)")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
@@ -189,59 +193,9 @@ def get_base_config(dataset: str, task: str) -> ml_collections.ConfigDict:
   config.optim.weight_decay = 1e-4   # added to the gradient before momentum (PyTorch SGD)
   config.optim.poly_power = 0.9      # lr = base * (1 - it / max_it) ** poly_power
 
-  config.loss = ml_collections.ConfigDict()
-  config.loss.ce = config_dict.placeholder(str)         # plain | unbiased (preset)
-  config.loss.kd_weight = config_dict.placeholder(float)  # unbiased distillation weight (preset)
-  config.loss.kd_alpha = 1.0          # teacher logit scaling in the unbiased distillation
-  # PLOP's Local POD (docs/algorithm.md 4): weight of the 4 stage + head tensors, of the logits.
-  config.loss.pod_weight = config_dict.placeholder(float)         # preset: plop/gsc 0.01
-  config.loss.pod_logits_weight = config_dict.placeholder(float)  # preset: plop/gsc 0.0005
-  config.loss.pod_scales = (1, 2, 4)  # tile grids of the local embedding
-
-  # PLOP's entropy pseudo-labels of the old classes hidden in the background.
-  config.pseudo = ml_collections.ConfigDict()
-  config.pseudo.entropy = config_dict.placeholder(bool)  # preset: plop/gsc True
-  config.pseudo.thresholds = "histogram"  # histogram (PLOP's released code) | median (exact)
-  config.pseudo.threshold_floor = 0.001   # every per-class entropy threshold is at least this
-  config.pseudo.adaptive_factor = True    # weight each image's CE by nu (accepted / background)
-  # Threshold quantile of epoch e: min(start + per_epoch * e, max). Preset: plop the median
-  # at every epoch (0.5, 0, 0.5); gsc FISS's rising quantile (0.2, 0.1, 0.8).
-  config.pseudo.quantile_start = config_dict.placeholder(float)
-  config.pseudo.quantile_per_epoch = config_dict.placeholder(float)
-  config.pseudo.quantile_max = config_dict.placeholder(float)
-
-  # GSC's three parts (docs/algorithm.md 5; reconstructed from its sister methods' code, see
-  # docs/gsc_step.md). Defaults: the second reconstruction; gsc_jax/methods/gsc.py
-  # FIRST_RECONSTRUCTION lists the values that give the first one.
-  config.gsc = ml_collections.ConfigDict()
-  config.gsc.compensation = config_dict.placeholder(bool)  # 5.1; preset: gsc True
-  config.gsc.groups = "fiss"          # fiss (nested, FISS) | step | old_new (GLFC) | class
-  config.gsc.magnitude = "sigmoid"    # g = 1 - p(y): sigmoid (FISS, GLFC) | softmax (HFC)
-  config.gsc.use_exponent = True      # g^zeta with zeta = K_old / K (False: zeta = 1)
-  config.gsc.bound = False            # HFC: g <- ln(1 + g), old-class weights in [0.5, 1.2]
-  config.gsc.ema_decay = 0.0          # EMA of the group means across iterations (0: per batch)
-  config.gsc.relation = config_dict.placeholder(bool)      # 5.2; preset: gsc True
-  config.gsc.relation_form = "soft_sharp"  # soft_sharp (RDP) | temperature (two-temperature KD)
-  # soft_sharp's soft-label term: softmax (RDP, every pixel) | bce (GLFC/HFC) |
-  # softmax_valid (first reconstruction: void and rejected pixels left out)
-  config.gsc.soft_label_form = "softmax"
-  config.gsc.soft_label_weight = 0.3
-  config.gsc.sharpening_weight = 0.1
-  config.gsc.class_relation = "off"   # off | fiss (FISS's term) | first (first reconstruction)
-  config.gsc.class_relation_weight = 0.5
-  config.gsc.temperature_kd_weight = 10.0  # temperature form only
-  config.gsc.soft_temperature = 2.0
-  config.gsc.sharp_temperature = 0.5
-  config.gsc.prototypes = config_dict.placeholder(bool)    # 5.3; preset: gsc True
-  # teacher (the teacher on this step's images, before it: RDP) | previous_model (the
-  # previous step's final model on its own images, after that step: first reconstruction)
-  config.gsc.prototype_source = "teacher"
-  config.gsc.similarity = "euclidean"  # euclidean (plain distance, RDP) | cosine | squared_euclidean
-  config.gsc.tau = 1.0                # temperature of the softmax over prototype similarities
-  # filter_then_relabel (entropy filter, then argmax of the corrected score) | rdp (every
-  # background pixel relabelled, nu = 1) | first (both rules must accept; theta)
-  config.gsc.relabel = "filter_then_relabel"
-  config.gsc.theta = 0.5              # relabel=first: minimum corrected score of an old class
+  # Each method's own fields (loss.*, pseudo.*, gsc.*: default, rule and meaning in its
+  # module, gsc_jax/methods/<method>.py, SWITCHES and OPTIONS).
+  methods.add_fields(config)
   return config
 
 

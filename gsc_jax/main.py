@@ -72,8 +72,9 @@ def usage_text() -> str:
   for dataset in pipeline.DATASETS:  # each has its config file configs/<dataset>.py
     lines.append(f"  {'configs/' + dataset + '.py':22s} "
                  f"{', '.join(tasks.valid_task_names(dataset))}")
-  lines += ["Config fields: every field, its default and meaning in configs/common.py "
-            "(get_base_config);",
+  lines += ["Config fields: the protocol's, with default and meaning, in configs/common.py "
+            "(get_base_config); each method's own in gsc_jax/methods/<method>.py (SWITCHES, "
+            "OPTIONS);",
             "  set one as --config=FILE:TASK,section.key=value or --config.section.key=value.",
             "Example: python -m gsc_jax.main --config=configs/synthetic.py:15-1,method=plop"]
   return "\n".join(lines)

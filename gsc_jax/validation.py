@@ -1,118 +1,31 @@
-"""Every config value checked before any compute, from one table.
+"""Every config value checked before any compute.
 
-``FIELDS`` gives each field's rule: a set of valid choices, or a type with a range.
-``validate`` also checks the rules between fields (``CROSS_FIELD_RULES``) and what depends
-on the machine (the global batch must split evenly over the devices). Each error names the
-field, its value and what is valid. The method switches themselves are checked when the
-preset is resolved (gsc_jax/methods/__init__.py: a switch the method does not read); the
-options of the switches (``gsc.tau``, ``pseudo.thresholds``, ...) here, once every value
-is valid: one the user set where the method never reads it is refused
-(``methods.unread_options``).
+``FIELDS`` gives each protocol field's rule (gsc_jax/rules.py: a set of valid choices, or
+a type with a range); each method declares the rules of its own fields in its module
+(``methods.field_rules``). ``validate`` also checks the rules between fields
+(``_cross_field_problems``) and what depends on the machine (the global batch must split
+evenly over the devices). Each error names the field, its value and what is valid. The
+method switches themselves are checked when the preset is resolved (gsc_jax/methods/
+__init__.py: a switch the method does not read); the options of the switches (``gsc.tau``,
+``pseudo.thresholds``, ...) here, once every value is valid: one the user set where the
+method never reads it is refused (``methods.unread_options``).
 """
 
-import dataclasses
-import math
-
-from gsc_jax import compensation
 from gsc_jax import errors
 from gsc_jax import methods
-from gsc_jax import pseudo_labels
 from gsc_jax import tasks
 from gsc_jax.data import pipeline
-from gsc_jax.methods import gsc as gsc_method
 from gsc_jax.models import incremental
 from gsc_jax.models import resnet
-
-
-@dataclasses.dataclass(frozen=True)
-class Choice:
-  """One of ``values`` (a tuple, or a function giving it when the valid set is open)."""
-  values: object
-
-  def problem(self, value):
-    values = self.values() if callable(self.values) else self.values
-    if value not in values:
-      return f"must be one of: {', '.join(map(str, values))}{_hint(value, values)}"
-    return None
-
-
-def _hint(value, values) -> str:
-  """"; did you mean X?" for a text close to a valid choice."""
-  hint = errors.did_you_mean(value, values) if isinstance(value, str) else ""
-  return f"; {hint.strip()}" if hint else ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Number:
-  """A number of ``kind`` (int or float) in [minimum, maximum]; an exclusive bound is
-  given by ``above`` / ``below``."""
-  kind: type = float
-  minimum: float | None = None
-  maximum: float | None = None
-  above: float | None = None
-  below: float | None = None
-
-  def problem(self, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float) if self.kind is float
-                                                  else int):
-      return f"must be {'a number' if self.kind is float else 'an integer'}"
-    if not math.isfinite(value):
-      return "must be finite"
-    bounds = []
-    if self.minimum is not None and value < self.minimum:
-      bounds.append(f">= {self.minimum}")
-    if self.maximum is not None and value > self.maximum:
-      bounds.append(f"<= {self.maximum}")
-    if self.above is not None and value <= self.above:
-      bounds.append(f"> {self.above}")
-    if self.below is not None and value >= self.below:
-      bounds.append(f"< {self.below}")
-    return f"must be {' and '.join(bounds)}" if bounds else None
-
-
-@dataclasses.dataclass(frozen=True)
-class OffOrPositive:
-  """-1 (off) or an integer >= 1."""
-
-  def problem(self, value):
-    if isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or value >= 1):
-      return "must be -1 (off) or an integer >= 1"
-    return None
-
-
-@dataclasses.dataclass(frozen=True)
-class Flag:
-  def problem(self, value):
-    return None if isinstance(value, bool) else "must be true or false"
-
-
-@dataclasses.dataclass(frozen=True)
-class Text:
-  def problem(self, value):
-    return None if isinstance(value, str) else "must be a string"
-
-
-@dataclasses.dataclass(frozen=True)
-class PositiveIntegers:
-  def problem(self, value):
-    if (not isinstance(value, (tuple, list)) or not value
-        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
-      return "must be a non-empty list of integers >= 1"
-    return None
-
-
-POSITIVE_INTEGER = Number(int, minimum=1)
-NON_NEGATIVE_INTEGER = Number(int, minimum=0)
-POSITIVE = Number(float, above=0.0)
-NON_NEGATIVE = Number(float, minimum=0.0)
-FRACTION = Number(float, minimum=0.0, maximum=1.0)
+from gsc_jax.rules import (Choice, FRACTION, Flag, NON_NEGATIVE, NON_NEGATIVE_INTEGER, Number,
+                           OffOrPositive, POSITIVE, POSITIVE_INTEGER, Text)
 
 FIELDS = {
     "dataset": Choice(pipeline.DATASETS),
     "task": Text(),
     "class_order": Text(),
     "overlap": Flag(),
-    "method": Choice(methods.names),
+    "method": Choice(lambda: methods.names()),  # looked up when checked
     "seed": NON_NEGATIVE_INTEGER,  # numpy seed sequences take no negative entry
     "workdir": Text(),
     "first_step": NON_NEGATIVE_INTEGER,
@@ -163,46 +76,12 @@ FIELDS = {
     "optim.nesterov": Flag(),
     "optim.weight_decay": NON_NEGATIVE,
     "optim.poly_power": NON_NEGATIVE,
-    "loss.ce": Choice(("plain", "unbiased")),
-    "loss.kd_weight": NON_NEGATIVE,
-    "loss.kd_alpha": POSITIVE,
-    "loss.pod_weight": NON_NEGATIVE,
-    "loss.pod_logits_weight": NON_NEGATIVE,
-    "loss.pod_scales": PositiveIntegers(),
-    "pseudo.entropy": Flag(),
-    "pseudo.thresholds": Choice(("histogram", "median")),
-    "pseudo.threshold_floor": FRACTION,
-    "pseudo.adaptive_factor": Flag(),
-    "pseudo.quantile_start": Number(float, above=0.0, maximum=1.0),
-    "pseudo.quantile_per_epoch": NON_NEGATIVE,
-    "pseudo.quantile_max": Number(float, above=0.0, maximum=1.0),
-    "gsc.compensation": Flag(),
-    "gsc.groups": Choice(compensation.GROUPINGS),
-    "gsc.magnitude": Choice(compensation.MAGNITUDES),
-    "gsc.use_exponent": Flag(),
-    "gsc.bound": Flag(),
-    "gsc.ema_decay": Number(float, minimum=0.0, below=1.0),
-    "gsc.relation": Flag(),
-    "gsc.relation_form": Choice(("soft_sharp", "temperature")),
-    "gsc.soft_label_form": Choice(lambda: tuple(gsc_method.SOFT_LABEL_LOSSES)),
-    "gsc.soft_label_weight": NON_NEGATIVE,
-    "gsc.sharpening_weight": NON_NEGATIVE,
-    "gsc.class_relation": Choice(("off", "fiss", "first")),
-    "gsc.class_relation_weight": NON_NEGATIVE,
-    "gsc.temperature_kd_weight": NON_NEGATIVE,
-    "gsc.soft_temperature": POSITIVE,
-    "gsc.sharp_temperature": POSITIVE,
-    "gsc.prototypes": Flag(),
-    "gsc.prototype_source": Choice(("teacher", "previous_model")),
-    "gsc.similarity": Choice(pseudo_labels.SIMILARITIES),
-    "gsc.tau": POSITIVE,
-    "gsc.relabel": Choice(("filter_then_relabel", "rdp", "first")),
-    "gsc.theta": FRACTION,
 }
 
 
 def _cross_field_problems(config) -> list[str]:
-  """Rules between fields; each entry names the fields and what to change."""
+  """Rules between protocol fields (those between a method's fields:
+  ``methods.cross_field_problems``); each entry names the fields and what to change."""
   problems = []
   data = config.data
   if data.crop_scale_min > data.crop_scale_max:
@@ -211,10 +90,6 @@ def _cross_field_problems(config) -> list[str]:
   if data.crop_ratio_min > data.crop_ratio_max:
     problems.append(f"data.crop_ratio_min={data.crop_ratio_min} is above "
                     f"data.crop_ratio_max={data.crop_ratio_max}")
-  pseudo = config.pseudo
-  if pseudo.quantile_start > pseudo.quantile_max:
-    problems.append(f"pseudo.quantile_start={pseudo.quantile_start} is above "
-                    f"pseudo.quantile_max={pseudo.quantile_max}")
   if config.last_step != -1 and config.first_step > config.last_step:
     problems.append(f"first_step={config.first_step} is after last_step={config.last_step}")
   if data.source == "tfds" and config.dataset != "synthetic" and not data.tfds_dir:
@@ -246,13 +121,13 @@ def validate(config, num_devices: int, set_options: dict | None = None) -> None:
   set (``methods.options_set``, taken before the preset); one the method never reads is
   refused."""
   problems = []
-  for path, rule in FIELDS.items():
+  for path, rule in {**FIELDS, **methods.field_rules()}.items():
     value = methods.field(config, path)
     problem = "is unset" if value is None else rule.problem(value)
     if problem:
       problems.append(f"{path}={value!r} {problem}")
   if not problems:
-    problems += _cross_field_problems(config)
+    problems += _cross_field_problems(config) + methods.cross_field_problems(config)
     problems += methods.unread_options(config, set_options or {})
     for path in ("optim.batch_size", "data.eval_batch_size"):
       if methods.field(config, path) % num_devices:

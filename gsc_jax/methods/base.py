@@ -19,12 +19,50 @@ reconstruction's prototypes, read by the next step). Its results are saved in
 """
 
 from collections.abc import Callable
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import optax
 
 from gsc_jax import losses
+
+
+# --- the config fields a method declares (gsc_jax/methods/__init__.py) ---------------------
+
+@dataclasses.dataclass(frozen=True)
+class Switch:
+  """A field that turns a part of a method on. ``neutral``: the value that adds nothing,
+  which every method whose ``PRESET`` does not name the switch keeps (set otherwise, it is
+  an error). The config holds it unset (None) until the preset is resolved. ``rule``: a
+  gsc_jax/rules.py rule. ``domain_tasks=False``: a part for old classes hidden in the
+  background or for groups of classes added by a step, which a domain-incremental task
+  (every step labels every class) has not; it is off there."""
+  neutral: Any
+  rule: Any
+  doc: str
+  domain_tasks: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+  """A field read only while one of the switches ``read_with`` is on (and, with
+  ``read_when=(path, values)``, while the field ``path`` has one of ``values``); set away
+  from ``default`` where it is never read, it is an error. ``preset=True``: the config holds
+  it unset (None) and the method's preset fills it, ``default`` where the preset does
+  not."""
+  default: Any
+  rule: Any
+  doc: str
+  read_with: tuple[str, ...]
+  read_when: tuple[str, tuple] | None = None
+  preset: bool = False
+
+
+# Protocol fields (configs/common.py) that a method's preset may set, with the value they
+# take where it does not.
+PROTOCOL_PRESET_DEFAULTS = {"model.new_classifier_init": "mib",
+                            "data.void_to_background": False}
 
 
 class DataPass(NamedTuple):

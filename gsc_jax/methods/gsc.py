@@ -21,10 +21,92 @@ import numpy as np
 from gsc_jax import compensation
 from gsc_jax import losses
 from gsc_jax import pseudo_labels
+from gsc_jax import rules
 from gsc_jax.methods import base
 from gsc_jax.methods import plop
 from gsc_jax.tasks import IGNORE_LABEL
 
+# 5.2's soft-label term by gsc.soft_label_form.
+SOFT_LABEL_LOSSES = {
+    "softmax": losses.soft_label_loss_all_pixels,          # RDP
+    "bce": losses.soft_label_binary_cross_entropy,         # GLFC / HFC
+    "softmax_valid": losses.soft_label_loss,               # first reconstruction
+}
+
+_SOFT_SHARP = ("gsc.relation_form", ("soft_sharp",))
+_TEMPERATURE = ("gsc.relation_form", ("temperature",))
+_RELATION, _PROTOTYPES = ("gsc.relation",), ("gsc.prototypes",)
+SWITCHES = {
+    "gsc.compensation": base.Switch(False, rules.Flag(), "5.1 step-aware gradient "
+                                    "compensation", domain_tasks=False),
+    "gsc.relation": base.Switch(False, rules.Flag(), "5.2 semantic relation distillation"),
+    "gsc.prototypes": base.Switch(False, rules.Flag(), "5.3 prototypical pseudo "
+                                  "re-labelling", domain_tasks=False),
+}
+OPTIONS = {
+    # 5.1 (gsc_jax/compensation.py)
+    "gsc.groups": base.Option("fiss", rules.Choice(compensation.GROUPINGS),
+                              "fiss (nested, FISS) | step | old_new (GLFC) | class",
+                              read_with=("gsc.compensation",)),
+    "gsc.magnitude": base.Option("sigmoid", rules.Choice(compensation.MAGNITUDES),
+                                 "g = 1 - p(y): sigmoid (FISS, GLFC) | softmax (HFC)",
+                                 read_with=("gsc.compensation",)),
+    "gsc.use_exponent": base.Option(True, rules.Flag(), "g^zeta with zeta = K_old / K "
+                                    "(false: zeta = 1)", read_with=("gsc.compensation",)),
+    "gsc.bound": base.Option(False, rules.Flag(), "HFC: g <- ln(1 + g), old-class weights in "
+                             "[0.5, 1.2]", read_with=("gsc.compensation",)),
+    "gsc.ema_decay": base.Option(0.0, rules.Number(float, minimum=0.0, below=1.0),
+                                 "EMA of the group means across iterations (0: per batch)",
+                                 read_with=("gsc.compensation",)),
+    # 5.2
+    "gsc.relation_form": base.Option(
+        "soft_sharp", rules.Choice(("soft_sharp", "temperature")),
+        "soft_sharp (RDP) | temperature (two-temperature distillation)", read_with=_RELATION),
+    "gsc.soft_label_form": base.Option(
+        "softmax", rules.Choice(tuple(SOFT_LABEL_LOSSES)),
+        "soft-label term: softmax (RDP, every pixel) | bce (GLFC/HFC) | softmax_valid (first "
+        "reconstruction: void and rejected pixels left out)",
+        read_with=_RELATION, read_when=_SOFT_SHARP),
+    "gsc.soft_label_weight": base.Option(0.3, rules.NON_NEGATIVE, "soft-label term weight",
+                                         read_with=_RELATION, read_when=_SOFT_SHARP),
+    "gsc.sharpening_weight": base.Option(0.1, rules.NON_NEGATIVE, "sharpening term weight",
+                                         read_with=_RELATION, read_when=_SOFT_SHARP),
+    "gsc.class_relation": base.Option(
+        "off", rules.Choice(("off", "fiss", "first")),
+        "off | fiss (FISS's term) | first (first reconstruction)",
+        read_with=_RELATION, read_when=_SOFT_SHARP),
+    "gsc.class_relation_weight": base.Option(
+        0.5, rules.NON_NEGATIVE, "class-relation term weight", read_with=_RELATION,
+        read_when=("gsc.class_relation", ("fiss", "first"))),
+    "gsc.temperature_kd_weight": base.Option(10.0, rules.NON_NEGATIVE, "two-temperature "
+                                             "distillation weight", read_with=_RELATION,
+                                             read_when=_TEMPERATURE),
+    "gsc.soft_temperature": base.Option(2.0, rules.POSITIVE, "its soft temperature",
+                                        read_with=_RELATION, read_when=_TEMPERATURE),
+    "gsc.sharp_temperature": base.Option(0.5, rules.POSITIVE, "its sharp temperature",
+                                         read_with=_RELATION, read_when=_TEMPERATURE),
+    # 5.3
+    "gsc.prototype_source": base.Option(
+        "teacher", rules.Choice(("teacher", "previous_model")),
+        "teacher (the teacher on this step's images, before it: RDP) | previous_model (the "
+        "previous step's final model on its own images, after it: first reconstruction)",
+        read_with=_PROTOTYPES),
+    "gsc.similarity": base.Option("euclidean", rules.Choice(pseudo_labels.SIMILARITIES),
+                                  "euclidean (plain distance, RDP) | cosine | "
+                                  "squared_euclidean", read_with=_PROTOTYPES),
+    "gsc.tau": base.Option(1.0, rules.POSITIVE, "temperature of the softmax over prototype "
+                           "similarities", read_with=_PROTOTYPES),
+    "gsc.relabel": base.Option(
+        "filter_then_relabel", rules.Choice(("filter_then_relabel", "rdp", "first")),
+        "filter_then_relabel (entropy filter, then argmax of the corrected score) | rdp "
+        "(every background pixel relabelled, nu = 1) | first (both rules must accept; "
+        "theta)", read_with=_PROTOTYPES),
+    "gsc.theta": base.Option(0.5, rules.FRACTION, "relabel=first: minimum corrected score "
+                             "of an old class", read_with=_PROTOTYPES,
+                             read_when=("gsc.relabel", ("first",))),
+}
+# nu weights the pseudo-labels of the re-labelling as it does PLOP's entropy rule's.
+ALSO_READ_WITH = {"pseudo.adaptive_factor": _PROTOTYPES}
 PRESET = {**plop.PRESET, "gsc.compensation": True, "gsc.relation": True,
           "gsc.prototypes": True,
           # FISS's rising quantile pi_e = min(0.2 + 0.1 e, 0.8) (docs/algorithm.md 5).
@@ -138,6 +220,15 @@ def prototype_pass(facts, model, teacher_model, training_targets,
   return base.DataPass("prototypes", batch_statistics, _prototypes_from_sums)
 
 
+def passes_after_step0(facts, model) -> tuple[base.DataPass, ...]:
+  """The hook every step 0 runs (``methods.build``): the previous-model prototypes of step
+  0, so that a GSC run with ``gsc.prototype_source=previous_model`` can start from any
+  method's step 0."""
+  return (prototype_pass(facts, model, None, base.images_labels_as_targets)._replace(
+      purpose="per-class mean features, saved so that a GSC run with "
+              "gsc.prototype_source=previous_model can start from this step 0"),)
+
+
 def compensation_transform(config, facts):
   """The optax transform of 5.1 for the step (``compensation.gradient_compensation``) and
   ``weights(state, targets, logits)``, the per-pixel weights it applied."""
@@ -146,12 +237,6 @@ def compensation_transform(config, facts):
       facts.classes_per_step, grouping=gsc.groups, magnitude=gsc.magnitude,
       use_exponent=gsc.use_exponent, bound=gsc.bound, ema_decay=gsc.ema_decay)
 
-
-SOFT_LABEL_LOSSES = {
-    "softmax": losses.soft_label_loss_all_pixels,          # RDP
-    "bce": losses.soft_label_binary_cross_entropy,         # GLFC / HFC
-    "softmax_valid": losses.soft_label_loss,               # first reconstruction
-}
 
 
 def relation_terms(config, facts, compensation_weights):

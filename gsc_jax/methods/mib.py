@@ -8,8 +8,19 @@ void is trained as background, as MiB's code does.
 """
 
 from gsc_jax import losses
+from gsc_jax import rules
 from gsc_jax.methods import base
 
+SWITCHES = {
+    "loss.ce": base.Switch("plain", rules.Choice(("plain", "unbiased")),
+                           "classification loss: plain CE | unbiased CE (background absorbs "
+                           "the old classes)"),
+    "loss.kd_weight": base.Switch(0.0, rules.NON_NEGATIVE, "unbiased distillation weight"),
+}
+OPTIONS = {
+    "loss.kd_alpha": base.Option(1.0, rules.POSITIVE, "teacher logit scaling in the unbiased "
+                                 "distillation", read_with=("loss.kd_weight",)),
+}
 PRESET = {"loss.ce": "unbiased", "loss.kd_weight": 10.0, "data.void_to_background": True}
 # The maintainers state that 15-1 (their "15-5s") was run with a distillation weight of 100.
 PUBLISHED = {("voc", "15-1"): {"loss.kd_weight": 100.0}}

@@ -13,8 +13,41 @@ import numpy as np
 
 from gsc_jax import losses
 from gsc_jax import pseudo_labels
+from gsc_jax import rules
 from gsc_jax.methods import base
 
+_POD = ("loss.pod_weight", "loss.pod_logits_weight")
+_QUANTILE = rules.Number(float, above=0.0, maximum=1.0)
+SWITCHES = {
+    "loss.pod_weight": base.Switch(0.0, rules.NON_NEGATIVE,
+                                   "Local POD weight of the 4 stage + head tensors"),
+    "loss.pod_logits_weight": base.Switch(0.0, rules.NON_NEGATIVE,
+                                          "Local POD weight of the logits"),
+    "pseudo.entropy": base.Switch(False, rules.Flag(), "entropy pseudo-labels of the old "
+                                  "classes hidden in the background", domain_tasks=False),
+}
+OPTIONS = {
+    "loss.pod_scales": base.Option((1, 2, 4), rules.PositiveIntegers(),
+                                   "tile grids of the local embedding", read_with=_POD),
+    "pseudo.thresholds": base.Option(
+        "histogram", rules.Choice(("histogram", "median")),
+        "histogram (PLOP's released code) | median (the exact quantile)",
+        read_with=("pseudo.entropy",)),
+    "pseudo.threshold_floor": base.Option(0.001, rules.FRACTION, "every per-class entropy "
+                                          "threshold is at least this",
+                                          read_with=("pseudo.entropy",)),
+    # Epoch e's threshold quantile: min(start + per_epoch * e, max); PLOP the median at every
+    # epoch, GSC FISS's rising quantile (its preset).
+    "pseudo.quantile_start": base.Option(0.5, _QUANTILE, "threshold quantile of epoch 0",
+                                         read_with=("pseudo.entropy",), preset=True),
+    "pseudo.quantile_per_epoch": base.Option(0.0, rules.NON_NEGATIVE, "its rise per epoch",
+                                             read_with=("pseudo.entropy",), preset=True),
+    "pseudo.quantile_max": base.Option(0.5, _QUANTILE, "its cap",
+                                       read_with=("pseudo.entropy",), preset=True),
+    "pseudo.adaptive_factor": base.Option(True, rules.Flag(), "weight each image's CE by nu "
+                                          "(accepted / background pixels)",
+                                          read_with=("pseudo.entropy",)),
+}
 PRESET = {"loss.pod_weight": 0.01, "loss.pod_logits_weight": 0.0005, "pseudo.entropy": True,
           # The half-count at every epoch (docs/algorithm.md 4).
           "pseudo.quantile_start": 0.5, "pseudo.quantile_per_epoch": 0.0,
@@ -23,6 +56,15 @@ PUBLISHED = {
     ("voc", "10-1"): {"optim.epochs_incremental": 10},  # PLOP's scripts/voc/plop_10-1.sh
     ("ade", "*"): {"loss.pod_weight": 0.001, "loss.pod_logits_weight": 0.00001},
 }
+
+
+def config_problems(config) -> list[str]:
+  """Rules between this module's fields."""
+  pseudo = config.pseudo
+  if pseudo.quantile_start > pseudo.quantile_max:
+    return [f"pseudo.quantile_start={pseudo.quantile_start} is above "
+            f"pseudo.quantile_max={pseudo.quantile_max}"]
+  return []
 
 
 def epoch_quantiles(config) -> list[float]:
