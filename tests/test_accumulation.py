@@ -367,9 +367,9 @@ def gsc_run(tmp_path_factory):
   return workdir, _run(workdir, "gsc")
 
 
-TINY = ("3-1,data.num_classes=5,data.image_size=64,data.crop_size=64,data.eval_size=64,"
+TINY = ("3-1,data.num_classes=5,data.image_size=32,data.crop_size=32,data.eval_size=32,"
         "data.num_train_images=48,data.num_val_images=8,data.eval_batch_size=8,"
-        "model.backbone=resnet_tiny,model.head_channels=16,optim.batch_size=8,"
+        "model.backbone=resnet_tiny,model.head_channels=8,optim.batch_size=8,"
         "optim.accumulation_steps=2,optim.epochs_step0=1,optim.epochs_incremental=1,"
         "log_every=1,checkpoint_every=100")
 
