@@ -269,7 +269,8 @@ def train_one_step(run: Run, facts: tasks.StepFacts):
     state = jax.jit(create_state, out_shardings=mesh_lib.replicated(run.mesh))(variables)
 
   iteration = int(jax.device_get(state["iteration"]))
-  compiled = False
+  compiled = False  # the first call below compiles; the interval timing starts after it
+  interval_start, interval_iterations, first_seconds = time.time(), 0, 0.0
   if iteration < max_iterations:
     log(f"step {step}: compiling the train step ...")
   unchecked = None  # the scalars of the last iteration whose flags were not read yet
@@ -393,11 +394,11 @@ def draw_predictions(run: Run, facts: tasks.StepFacts, eval_step, variables) -> 
   count = len(indices)
   class_of_channel = np.full(256, tasks.IGNORE_LABEL, np.int64)
   class_of_channel[:facts.num_classes] = facts.channel_classes
-  grid = pictures.prediction_grid(images[:count], class_of_channel[labels[:count]],
-                                  class_of_channel[channels[:count]],
+  true_classes = class_of_channel[labels[:count]]
+  predicted_classes = class_of_channel[channels[:count]]
+  grid = pictures.prediction_grid(images[:count], true_classes, predicted_classes,
                                   transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
-  shown = np.unique(np.concatenate([class_of_channel[labels[:count]].ravel(),
-                                    class_of_channel[channels[:count]].ravel()]))
+  shown = np.unique(np.concatenate([true_classes.ravel(), predicted_classes.ravel()]))
   pictures.save_prediction_picture(
       storage.join(checkpoint.step_dir(run.workdir, facts.step), "predictions.png"), grid,
       images.shape[2], shown, class_names=pipeline.class_names(run.config.dataset))

@@ -60,12 +60,17 @@ def module_of(name: str):
   return importlib.import_module(f"{__name__}.{name}")
 
 
+def _modules_with(attribute: str) -> list:
+  """``(name, module)`` of every method module that defines ``attribute``."""
+  return [(name, module_of(name)) for name in names() if hasattr(module_of(name), attribute)]
+
+
 def _declared(attribute: str) -> dict:
   """``{path: declaration}`` of every method module's ``attribute`` (SWITCHES or OPTIONS);
   a path declared twice is a programming error."""
   declared, owners = {}, {}
-  for name in names():
-    for path, declaration in getattr(module_of(name), attribute, {}).items():
+  for name, module in _modules_with(attribute):
+    for path, declaration in getattr(module, attribute).items():
       if path in owners:
         raise ValueError(f"config field {path} is declared by both methods/{owners[path]}.py "
                          f"and methods/{name}.py")
@@ -84,8 +89,8 @@ def options() -> dict:
   """Every switch option: ``{path: base.Option}``, its ``read_with`` extended by the
   methods' ``ALSO_READ_WITH``."""
   declared = _declared("OPTIONS")
-  for name in names():
-    for path, more_switches in getattr(module_of(name), "ALSO_READ_WITH", {}).items():
+  for _, module in _modules_with("ALSO_READ_WITH"):
+    for path, more_switches in module.ALSO_READ_WITH.items():
       declared[path] = dataclasses.replace(
           declared[path], read_with=declared[path].read_with + more_switches)
   return declared
@@ -176,9 +181,8 @@ def unread_options(config, set_options: dict) -> list[str]:
 
 def cross_field_problems(config) -> list[str]:
   """The rules between fields that the method modules declare (``config_problems``)."""
-  return [problem for name in names()
-          if hasattr(module_of(name), "config_problems")
-          for problem in module_of(name).config_problems(config)]
+  return [problem for _, module in _modules_with("config_problems")
+          for problem in module.config_problems(config)]
 
 
 def resolve_preset(config) -> list[str]:
@@ -233,7 +237,6 @@ def build(config, facts, model, teacher_model) -> base.Method:
   """
   if not facts.has_teacher:
     return base.Method(after_step=tuple(
-        data_pass for name in names()
-        if hasattr(module_of(name), "passes_after_step0")
-        for data_pass in module_of(name).passes_after_step0(facts, model)))
+        data_pass for _, module in _modules_with("passes_after_step0")
+        for data_pass in module.passes_after_step0(facts, model)))
   return module_of(config.method).build(config, facts, model, teacher_model)
